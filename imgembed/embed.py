@@ -1,0 +1,105 @@
+"""Turning images into embedding vectors, with decoding in worker processes.
+
+:func:`embed_files` streams batches so callers can commit results as they go; a file that
+cannot be decoded is reported in the batch's ``failed`` list and never stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ImageLoadError
+from .images import DEFAULT_MAX_PIXELS, read_image, to_rgb
+from .model import EmbeddingModel
+
+
+def default_workers() -> int:
+    """Decode workers: leave one core to the model, at most four."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class FileInfo:
+    width: int
+    height: int
+    hash: str
+
+
+@dataclass
+class EmbeddedBatch:
+    """``vectors[i]`` belongs to ``paths[ok[i]]``; ``failed`` holds ``(position, reason)``."""
+
+    ok: list[int] = field(default_factory=list)
+    info: list[FileInfo] = field(default_factory=list)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[Path], transform, min_side: int, max_pixels: int):
+        self.paths, self.transform, self.min_side, self.max_pixels = paths, transform, min_side, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            loaded = read_image(self.paths[i], min_side=self.min_side, max_pixels=self.max_pixels)
+            return i, self.transform(loaded.image), FileInfo(loaded.width, loaded.height, loaded.hash), None
+        except ImageLoadError as e:
+            return i, None, None, str(e)
+        except Exception as e:  # a decoder bug must not kill the run; report it like a bad file
+            return i, None, None, f"cannot decode image: {type(e).__name__}: {e}"
+
+
+def _collate(items):
+    return items
+
+
+@torch.inference_mode()
+def embed_tensor(model: EmbeddingModel, batch: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) preprocessed batch -> (N, dim) float32 unit vectors."""
+    device = next(model.parameters()).device
+    return model(batch.to(device)).float().cpu().numpy()
+
+
+def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, batch_size: int = 32,
+                workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[EmbeddedBatch]:
+    """Embed ``paths`` in order, yielding one :class:`EmbeddedBatch` per ``batch_size`` files."""
+    if not paths:
+        return
+    workers = default_workers() if workers is None else workers
+    dataset = _Files(paths, model.preprocess.transform(), model.preprocess.resize, max_pixels)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+        prefetch_factor=4 if workers else None, persistent_workers=False)
+    for items in loader:
+        out = EmbeddedBatch()
+        tensors = []
+        for i, tensor, info, error in items:
+            if error is None:
+                out.ok.append(i)
+                out.info.append(info)
+                tensors.append(tensor)
+            else:
+                out.failed.append((i, error))
+        out.vectors = (embed_tensor(model, torch.stack(tensors)) if tensors
+                       else np.zeros((0, model.dim), np.float32))
+        yield out
+
+
+def embed_images(model: EmbeddingModel, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+    """Embed in-memory PIL images (any mode) to an (n, dim) float32 array."""
+    transform = model.preprocess.transform()
+    chunks = [np.zeros((0, model.dim), np.float32)]
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([transform(to_rgb(im)) for im in images[start:start + batch_size]])
+        chunks.append(embed_tensor(model, batch))
+    return np.concatenate(chunks)

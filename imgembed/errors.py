@@ -1,0 +1,45 @@
+"""The exceptions imgembed raises. Each message is one line that says what to do next."""
+
+
+class ImgembedError(Exception):
+    """Base class: everything imgembed raises on purpose."""
+
+
+class ImageLoadError(ImgembedError):
+    """A file could not be read as an image (corrupt, unsupported, too large)."""
+
+
+class ModelError(ImgembedError):
+    """A backbone, weights file or checkpoint cannot be used."""
+
+
+class WeightsUnavailableError(ModelError):
+    """Pretrained weights would have to be downloaded and cannot be."""
+
+
+class IndexFileError(ImgembedError):
+    """Base class for problems with an index directory."""
+
+
+class IndexNotFoundError(IndexFileError):
+    """The directory holds no imgembed index."""
+
+
+class IndexCorruptError(IndexFileError):
+    """A file of the index is damaged, truncated or inconsistent with the others."""
+
+
+class IndexVersionError(IndexFileError):
+    """The index was written by a newer imgembed."""
+
+
+class ModelMismatchError(IndexFileError):
+    """The index was built with another model than the one asked for."""
+
+
+class NoLabelsError(IndexFileError):
+    """Classification needs labelled images and the index has none."""
+
+
+class InputError(ImgembedError):
+    """A folder or query path given by the user does not exist or cannot be used."""

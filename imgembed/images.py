@@ -1,0 +1,118 @@
+"""Reading any common image file as an upright 8-bit RGB PIL image.
+
+Handles JPEG, PNG, WebP, BMP, GIF (first frame) and TIFF; applies EXIF orientation,
+composites transparency onto white, converts palette, greyscale, CMYK and 16-bit images, and
+decodes large JPEGs at reduced size (PIL draft mode) when the caller only needs ``min_side``
+pixels on the short side. Every failure becomes an :class:`ImageLoadError` with a short reason.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageLoadError
+from .files import content_hash
+
+DEFAULT_MAX_PIXELS = 150_000_000
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image ready for a model, with facts about the file it came from."""
+
+    image: Image.Image
+    width: int  # of the stored image, before draft reduction and EXIF rotation
+    height: int
+    hash: str
+
+
+def read_image(path: str | Path, *, min_side: int | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read ``path`` once: hash its bytes and decode them."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageLoadError(f"cannot read file: {e.strerror or e}") from None
+    if not data:
+        raise ImageLoadError("empty file")
+    image, width, height = decode_image(data, min_side=min_side, max_pixels=max_pixels)
+    return LoadedImage(image, width, height, content_hash(data))
+
+
+def decode_image(data: bytes, *, min_side: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int, int]:
+    """Decode bytes to ``(rgb_image, stored_width, stored_height)``."""
+    try:
+        with warnings.catch_warnings():
+            # We apply our own pixel cap below, with a message that names the flag.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageLoadError(_too_large(width, height, max_pixels))
+            if min_side and img.format == "JPEG":
+                img.draft("RGB", (min_side, min_side))
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img), width, height
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageLoadError(_too_large(*_header_size(data), max_pixels)) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError("not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        reason = str(e).strip() or type(e).__name__
+        raise ImageLoadError(f"cannot decode image: {reason}") from None
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # size comes from the header, no decode
+            return img.size
+    except Exception:
+        return (0, 0)
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> str:
+    return (f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+            "(likely a decompression bomb; raise --max-pixels to allow it)")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, compositing transparency onto white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(img), mode), "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a high-bit-depth greyscale array to 0..255 by the range its mode implies.
+
+    ``I;16*`` is 16-bit; ``I`` (32-bit int) usually holds 16-bit data, or 8-bit data when
+    nothing exceeds 255; ``F`` holds either [0, 1] or 0..255 floats.
+    """
+    arr = arr.astype(np.float64)
+    peak = float(arr.max()) if arr.size else 0.0
+    if mode.startswith("I;16") or (mode == "I" and peak > 255):
+        full = 65535.0
+    elif mode == "F" and peak <= 1.0:
+        full = 1.0
+    else:
+        full = 255.0
+    return np.clip(np.rint(arr * (255.0 / full)), 0, 255).astype(np.uint8)

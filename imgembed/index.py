@@ -1,0 +1,212 @@
+"""An index directory: ``manifest.json`` + ``metadata.sqlite`` + ``vectors.faiss``.
+
+The manifest says what the directory is (format version), which model made the vectors and how
+to load it again, and which FAISS index type holds them. SQLite holds one row per image with
+its vector; the FAISS file is derived from those vectors. Writers that find the two out of step
+(a run interrupted between its SQLite commits and its final FAISS save) rebuild the FAISS file
+from SQLite; readers refuse such an index with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, vectors
+from .errors import IndexCorruptError, IndexNotFoundError, IndexVersionError, ModelMismatchError
+from .store import ImageRow, MetadataStore, NewImage, Skipped
+
+FORMAT = "imgembed-index"
+FORMAT_VERSION = 1
+MANIFEST, DATABASE, FAISS_FILE = "manifest.json", "metadata.sqlite", "vectors.faiss"
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    score: float
+    row: ImageRow
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise IndexNotFoundError(f"no imgembed index in {directory} ({MANIFEST} missing); "
+                                 f"build one with: imgembed index FOLDER --index {directory}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IndexCorruptError(f"{path}: damaged manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexCorruptError(f"{path}: not an imgembed index manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise IndexVersionError(f"{path}: index format version {version} is not supported by this "
+                                f"imgembed (reads up to {FORMAT_VERSION}); upgrade imgembed")
+    return manifest
+
+
+def describe_mismatch(expected: dict, actual: dict) -> str:
+    keys = [k for k in sorted(set(expected) | set(actual)) if expected.get(k) != actual.get(k)]
+    return "; ".join(f"{k}: index has {expected.get(k)!r}, model has {actual.get(k)!r}" for k in keys)
+
+
+class ImageIndex:
+    """An open index. Open with :meth:`open` (read) or :meth:`open_for_write`; close when done."""
+
+    def __init__(self, directory: Path, manifest: dict, store: MetadataStore, faiss_index):
+        self.directory = directory
+        self.manifest = manifest
+        self.store = store
+        self.faiss = faiss_index
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: str | Path, model_identity: dict | None = None) -> "ImageIndex":
+        """Open for reading; refuse a mismatched model or a FAISS file out of step with SQLite."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        _check_model(directory, manifest, model_identity)
+        store = MetadataStore(directory / DATABASE)
+        try:
+            faiss_index = vectors.load(directory / FAISS_FILE)
+            problem = _consistency_problem(manifest, store, faiss_index)
+            if problem:
+                raise IndexCorruptError(f"{directory / FAISS_FILE}: {problem}; re-run `imgembed index` "
+                                        "on the folder to rebuild it from the stored vectors")
+        except BaseException:
+            store.close()
+            raise
+        return cls(directory, manifest, store, faiss_index)
+
+    @classmethod
+    def open_for_write(cls, directory: str | Path, model_identity: dict, model_source: dict,
+                       factory: str = vectors.DEFAULT_FACTORY) -> "ImageIndex":
+        """Open or create. A missing or out-of-step FAISS file is rebuilt from SQLite."""
+        directory = Path(directory)
+        if (directory / MANIFEST).exists():
+            manifest = read_manifest(directory)
+            _check_model(directory, manifest, model_identity)
+            store = MetadataStore(directory / DATABASE)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "created_at": _now(),
+                "model": model_identity, "model_source": model_source,
+                "faiss": {"factory": factory, "metric": "inner_product"},
+            }
+            store = MetadataStore(directory / DATABASE, create=True)
+        try:
+            try:
+                faiss_index = vectors.load(directory / FAISS_FILE)
+                stale = _consistency_problem(manifest, store, faiss_index) is not None
+            except IndexCorruptError:
+                stale = True
+            if stale:
+                faiss_index = _rebuild(manifest, store)
+        except BaseException:
+            store.close()
+            raise
+        index = cls(directory, manifest, store, faiss_index)
+        if stale:
+            index.save()
+        return index
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "ImageIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["model"]["dim"])
+
+    def __len__(self) -> int:
+        return int(self.faiss.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """For each row of ``queries`` (q, dim), up to ``k`` hits, best first."""
+        scores, ids = vectors.search(self.faiss, queries, k)
+        rows = self.store.rows_by_id(i for i in ids.ravel() if i >= 0)
+        return [[Hit(rank, float(s), rows[int(i)]) for rank, (s, i) in enumerate(
+                    ((s, i) for s, i in zip(srow, irow) if i >= 0 and int(i) in rows), start=1)]
+                for srow, irow in zip(scores, ids)]
+
+    # -- writing -------------------------------------------------------------------------
+
+    def commit(self, *, remove=(), add: list[NewImage] = (), skipped: list[Skipped] = ()) -> list[int]:
+        """Apply a chunk to SQLite (one transaction), then to the in-memory FAISS index."""
+        remove = list(remove)
+        ids = self.store.commit(remove=remove, add=add, skipped=skipped)
+        vectors.remove(self.faiss, remove)
+        if add:
+            vectors.add(self.faiss, np.asarray(ids, np.int64), np.stack([a.vector for a in add]))
+        return ids
+
+    def save(self) -> None:
+        """Write the FAISS file, then the manifest, each atomically."""
+        vectors.save(self.faiss, self.directory / FAISS_FILE)
+        labels = self.store.labels()
+        self.manifest.update({
+            "updated_at": _now(), "imgembed_version": __version__,
+            "counts": {"images": int(self.faiss.ntotal), "skipped": len(self.store.skipped()),
+                       "labels": sum(1 for label in labels if label is not None)},
+            "roots": self.store.roots(),
+        })
+        write_json_atomic(self.directory / MANIFEST, self.manifest)
+
+
+def _check_model(directory: Path, manifest: dict, identity: dict | None) -> None:
+    if identity is not None and manifest.get("model") != identity:
+        raise ModelMismatchError(
+            f"{directory / MANIFEST}: index was built with another model ({describe_mismatch(manifest.get('model') or {}, identity)}); "
+            "search it without --model, or index into a new --index DIR")
+
+
+def _consistency_problem(manifest: dict, store: MetadataStore, faiss_index) -> str | None:
+    dim = int(manifest["model"]["dim"])
+    if faiss_index.d != dim:
+        return f"vectors have dimension {faiss_index.d}, manifest says {dim}"
+    n_rows = store.count()
+    if faiss_index.ntotal != n_rows:
+        return f"holds {faiss_index.ntotal} vectors but {store.path.name} has {n_rows} images"
+    if not np.array_equal(np.sort(vectors.stored_ids(faiss_index)), store.ids()):
+        return f"vector ids do not match the rows of {store.path.name}"
+    return None
+
+
+def _rebuild(manifest: dict, store: MetadataStore):
+    dim = int(manifest["model"]["dim"])
+    factory = manifest["faiss"]["factory"]
+    parts = list(store.iter_vectors())
+    if not parts:
+        return vectors.new_index(dim, factory)
+    ids = np.concatenate([p[0] for p in parts])
+    vecs = np.concatenate([p[1] for p in parts])
+    return vectors.build_index(dim, ids, vecs, factory)

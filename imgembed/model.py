@@ -1,0 +1,151 @@
+"""The embedding model: backbone -> global average pooling -> projection head -> L2 norm.
+
+Until a head is trained the head is the identity, so the embedding is the L2-normalised pooled
+backbone feature. A model knows its :class:`Preprocess` and an identity dict that indexes record,
+so an index is never searched with vectors from another model.
+
+Checkpoints (written by ``imgembed train``) are self-describing dicts of plain types and tensors,
+loadable with ``torch.load(..., weights_only=True)``; see :func:`save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import __version__
+from .backbones import DEFAULT_BACKBONE, build_classifier, default_preprocess, feature_extractor, get_spec
+from .errors import ModelError
+from .preprocess import Preprocess
+
+CHECKPOINT_FORMAT = "imgembed-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def build_head(config: dict | None, in_dim: int) -> nn.Module:
+    """``None`` -> identity; ``{"type": "linear", "dim": D}``; ``{"type": "mlp", "hidden": H, "dim": D}``."""
+    if not config:
+        return nn.Identity()
+    kind = config.get("type")
+    if kind == "linear":
+        return nn.Linear(in_dim, int(config["dim"]))
+    if kind == "mlp":
+        hidden = int(config["hidden"])
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                             nn.Linear(hidden, int(config["dim"])))
+    raise ModelError(f"unknown head type {kind!r} in checkpoint (expected linear or mlp)")
+
+
+class EmbeddingModel(nn.Module):
+    """Maps a (N, 3, crop, crop) batch to (N, dim) L2-normalised embeddings."""
+
+    def __init__(self, backbone_name: str, backbone: nn.Module, weights_id: str,
+                 preprocess: Preprocess, head_config: dict | None = None, checkpoint_id: str | None = None):
+        super().__init__()
+        self.backbone_name = backbone_name
+        self.backbone = backbone
+        self.feature_dim = get_spec(backbone_name).feature_dim
+        self.head_config = head_config
+        self.head = build_head(head_config, self.feature_dim)
+        self.weights_id = weights_id
+        self.preprocess = preprocess
+        self.checkpoint_id = checkpoint_id
+        self.source: dict = {}  # how to load this model again: {"model": name|path, "weights": spec}
+
+    @property
+    def dim(self) -> int:
+        return int(self.head_config["dim"]) if self.head_config else self.feature_dim
+
+    @property
+    def identity(self) -> dict:
+        """What must match for two sets of vectors to be comparable."""
+        return json.loads(json.dumps({  # plain JSON types, so it compares equal to a manifest's copy
+            "backbone": self.backbone_name,
+            "weights": self.weights_id,
+            "head": self.head_config,
+            "checkpoint": self.checkpoint_id,
+            "dim": self.dim,
+            "preprocess": self.preprocess.to_dict(),
+        }))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features, (N, feature_dim)."""
+        return F.adaptive_avg_pool2d(self.backbone(x), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.features(x)), dim=1)
+
+
+def load_model(name_or_checkpoint: str = DEFAULT_BACKBONE, weights: str = "imagenet") -> EmbeddingModel:
+    """A backbone name from the registry, or a path to a ``.pt`` checkpoint from ``imgembed train``."""
+    path = Path(name_or_checkpoint)
+    if name_or_checkpoint.endswith(".pt") or path.is_file():
+        return load_checkpoint(path)
+    classifier, weights_id = build_classifier(name_or_checkpoint, weights)
+    backbone = feature_extractor(name_or_checkpoint, classifier)
+    model = EmbeddingModel(name_or_checkpoint, backbone, weights_id, default_preprocess(name_or_checkpoint))
+    model.source = {"model": name_or_checkpoint, "weights": weights}
+    return model.eval()
+
+
+def save_checkpoint(model: EmbeddingModel, path: str | Path, *, weights: str, extra: dict | None = None,
+                    include_backbone: bool = False) -> None:
+    """Write a self-describing checkpoint.
+
+    ``weights`` is the spec the backbone was built from (``imagenet`` or ``none``); the backbone's
+    own tensors are stored only when ``include_backbone`` (fine-tuned, or built from a file), so a
+    head trained on a frozen ImageNet backbone stays small.
+    """
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "imgembed_version": __version__,
+        "backbone": model.backbone_name,
+        "weights": weights,
+        "weights_id": model.weights_id,
+        "head": model.head_config,
+        "dim": model.dim,
+        "preprocess": model.preprocess.to_dict(),
+        "head_state": model.head.state_dict(),
+        "backbone_state": model.backbone.state_dict() if include_backbone else None,
+        **(extra or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> EmbeddingModel:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path} (or pass a backbone name to --model)")
+    data = path.read_bytes()
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"{path}: not a loadable imgembed checkpoint "
+                         f"({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path}: not an imgembed checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
+        raise ModelError(f"{path}: checkpoint version {ckpt['version']} is newer than this imgembed "
+                         f"supports ({CHECKPOINT_VERSION}); upgrade imgembed")
+    name = ckpt["backbone"]
+    own_backbone = ckpt.get("backbone_state") is not None
+    classifier, weights_id = build_classifier(name, "none" if own_backbone else ckpt["weights"])
+    backbone = feature_extractor(name, classifier)
+    if own_backbone:
+        backbone.load_state_dict(ckpt["backbone_state"])
+        weights_id = ckpt.get("weights_id", weights_id)
+    model = EmbeddingModel(name, backbone, weights_id, Preprocess.from_dict(ckpt["preprocess"]),
+                           ckpt.get("head"), checkpoint_id=f"sha256:{hashlib.sha256(data).hexdigest()[:16]}")
+    model.head.load_state_dict(ckpt["head_state"])
+    model.source = {"model": str(path.resolve()), "weights": ckpt["weights"]}
+    return model.eval()

@@ -1,0 +1,200 @@
+"""SQLite metadata for an index: one row per image, skipped files, and a schema version.
+
+The embedding vectors are stored here too, as float32 blobs: they are the source of truth from
+which the FAISS file can always be rebuilt. Row ids are the FAISS ids. This module needs no torch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .errors import IndexCorruptError, IndexVersionError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    root TEXT NOT NULL,
+    path TEXT NOT NULL,          -- relative to root, '/'-separated
+    label TEXT,                  -- parent folder relative to root; NULL at the root
+    bytes INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    vector BLOB NOT NULL,        -- float32, little-endian, L2-normalised
+    indexed_at REAL NOT NULL,
+    UNIQUE (root, path)
+);
+CREATE INDEX IF NOT EXISTS images_hash ON images (hash);
+CREATE TABLE IF NOT EXISTS skipped (
+    root TEXT NOT NULL,
+    path TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    PRIMARY KEY (root, path)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    id: int
+    root: str
+    path: str
+    label: str | None
+    bytes: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+
+    @property
+    def full_path(self) -> str:
+        return str(Path(self.root) / self.path)
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An image to insert; ``vector`` is a (dim,) float32 array."""
+
+    root: str
+    path: str
+    label: str | None
+    bytes: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Skipped:
+    root: str
+    path: str
+    reason: str
+    bytes: int
+    mtime_ns: int
+
+    @property
+    def full_path(self) -> str:
+        return str(Path(self.root) / self.path)
+
+
+_ROW_COLS = "id, root, path, label, bytes, mtime_ns, hash, width, height"
+
+
+class MetadataStore:
+    """A thin, typed layer over the SQLite file. Use as a context manager or call ``close``."""
+
+    def __init__(self, path: Path, *, create: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise IndexCorruptError(f"{self.path}: metadata database is missing")
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                with self.db:
+                    self.db.executescript(_SCHEMA)
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            version = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise IndexCorruptError(f"{self.path}: damaged metadata database ({e})") from None
+        if version is None:
+            raise IndexCorruptError(f"{self.path}: metadata database has no schema version")
+        if int(version[0]) > SCHEMA_VERSION:
+            raise IndexVersionError(f"{self.path}: schema version {version[0]} is newer than this imgembed "
+                                    f"supports ({SCHEMA_VERSION}); upgrade imgembed")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "MetadataStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def rows_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        ids = [int(i) for i in ids]
+        out: dict[int, ImageRow] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            q = f"SELECT {_ROW_COLS} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update((r[0], ImageRow(*r)) for r in self.db.execute(q, chunk))
+        return out
+
+    def rows_under(self, root: str) -> dict[str, ImageRow]:
+        """Rows of one root, keyed by relative path."""
+        q = f"SELECT {_ROW_COLS} FROM images WHERE root = ?"
+        return {r[2]: ImageRow(*r) for r in self.db.execute(q, (root,))}
+
+    def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(ids (n,) int64, vectors (n, d) float32)`` in id order."""
+        cur = self.db.execute("SELECT id, vector FROM images ORDER BY id")
+        while rows := cur.fetchmany(batch):
+            ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            yield ids, np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32)
+
+    def ids(self) -> np.ndarray:
+        return np.fromiter((r[0] for r in self.db.execute("SELECT id FROM images ORDER BY id")), np.int64)
+
+    def labels(self) -> dict[str | None, int]:
+        q = "SELECT label, COUNT(*) FROM images GROUP BY label ORDER BY label"
+        return {label: n for label, n in self.db.execute(q)}
+
+    def roots(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT root FROM images ORDER BY root")]
+
+    def skipped(self, root: str | None = None) -> list[Skipped]:
+        if root is None:
+            rows = self.db.execute("SELECT * FROM skipped ORDER BY root, path")
+        else:
+            rows = self.db.execute("SELECT * FROM skipped WHERE root = ? ORDER BY path", (root,))
+        return [Skipped(*r) for r in rows]
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def commit(self, *, remove: Iterable[int] = (), add: Iterable[NewImage] = (),
+               skipped: Iterable[Skipped] = ()) -> list[int]:
+        """Apply one chunk of changes in a single transaction; return the new rows' ids.
+
+        A path that is added stops being "skipped"; a skipped path loses no other row here,
+        so callers pass the ids of rows a skipped file replaces in ``remove``.
+        """
+        now = time.time()
+        ids = []
+        with self.db:
+            self.db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in remove])
+            for im in add:
+                self.db.execute("DELETE FROM skipped WHERE root = ? AND path = ?", (im.root, im.path))
+                cur = self.db.execute(
+                    "INSERT INTO images (root, path, label, bytes, mtime_ns, hash, width, height, vector, indexed_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (im.root, im.path, im.label, im.bytes, im.mtime_ns, im.hash, im.width, im.height,
+                     np.ascontiguousarray(im.vector, dtype="<f4").tobytes(), now))
+                ids.append(cur.lastrowid)
+            self.db.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?, ?)",
+                                [(s.root, s.path, s.reason, s.bytes, s.mtime_ns) for s in skipped])
+        return ids
+
+    def forget_skipped(self, root: str, paths: Iterable[str]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM skipped WHERE root = ? AND path = ?", [(root, p) for p in paths])
