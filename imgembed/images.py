@@ -9,6 +9,7 @@ pixels on the short side. Every failure becomes an :class:`ImageLoadError` with 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,21 @@ def decode_image(data: bytes, *, min_side: int | None = None,
     """Decode bytes to ``(rgb_image, stored_width, stored_height)``."""
     try:
         with warnings.catch_warnings():
-            # We apply our own pixel cap below, with a message that names the flag.
+            # We apply our own pixel cap, with a message that names the flag.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            try:
+                img = Image.open(io.BytesIO(data))
+            except Image.DecompressionBombError as e:
+                # PIL refuses over twice its own limit before we see the size; its message
+                # carries the pixel count. Within our cap, open again without PIL's check.
+                found = re.search(r"\((\d+) pixels\)", str(e))
+                pixels = int(found.group(1)) if found else 0
+                if not found or pixels > max_pixels:
+                    raise ImageLoadError(_too_large(pixels, max_pixels)) from None
+                img = _open_unchecked(data)
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageLoadError(_too_large(width, height, max_pixels))
+                raise ImageLoadError(_too_large(width * height, max_pixels, f"{width}x{height} = "))
             if min_side and img.format == "JPEG":
                 img.draft("RGB", (min_side, min_side))
             img.seek(0)
@@ -65,8 +75,6 @@ def decode_image(data: bytes, *, min_side: int | None = None,
             return to_rgb(img), width, height
     except ImageLoadError:
         raise
-    except Image.DecompressionBombError:
-        raise ImageLoadError(_too_large(*_header_size(data), max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageLoadError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
@@ -74,16 +82,17 @@ def decode_image(data: bytes, *, min_side: int | None = None,
         raise ImageLoadError(f"cannot decode image: {reason}") from None
 
 
-def _header_size(data: bytes) -> tuple[int, int]:
+def _open_unchecked(data: bytes) -> Image.Image:
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(io.BytesIO(data)) as img:  # size comes from the header, no decode
-            return img.size
-    except Exception:
-        return (0, 0)
+        return Image.open(io.BytesIO(data))
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
-def _too_large(width: int, height: int, max_pixels: int) -> str:
-    return (f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+def _too_large(pixels: int, max_pixels: int, dims: str = "") -> str:
+    return (f"{dims}{pixels:,} pixels exceeds the limit of {max_pixels:,} "
             "(likely a decompression bomb; raise --max-pixels to allow it)")
 
 
