@@ -76,9 +76,9 @@ def make_bad_folder(folder: Path) -> Path:
     (folder / "rotated.jpg").write_bytes(rotated_jpeg_bytes())
     frames = [Image.new("RGB", (64, 64), c) for c in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
     frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    photo.save(folder / "plain.webp")
     photo.save(folder / "plain.bmp")
-    photo.save(folder / "plain.tiff")
+    Image.open(ROOT / "sample_images" / "fish" / "dolphin.png").convert("RGB").save(folder / "plain.webp")
+    Image.open(ROOT / "sample_images" / "birds" / "rooster_01.png").convert("RGB").save(folder / "plain.tiff")
     (folder / ".hidden.png").write_bytes(PHOTO.read_bytes())
     (folder / ".cache").mkdir(exist_ok=True)
     (folder / ".cache" / "thumb.png").write_bytes(PHOTO.read_bytes())
