@@ -14,19 +14,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from . import knn
-from .embed import embed_files, embed_images
 from .errors import ImageLoadError, InputError, NoLabelsError
 from .files import iter_images
 from .images import DEFAULT_MAX_PIXELS, read_image
 from .index import Hit, ImageIndex, read_manifest
-from .model import EmbeddingModel, load_model
 from .store import NewImage, Skipped
+
+if TYPE_CHECKING:
+    from .model import EmbeddingModel
+
+# torch is imported only by the functions that run a model, so that `info` and the storage
+# layer start fast.
 
 __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "compare",
            "index_info", "QueryResult", "Classification"]
@@ -35,11 +39,20 @@ Progress = Callable[[int, int], None]  # (done, total)
 Query = str | Path | Image.Image
 
 
-def embed(model: EmbeddingModel, items: Sequence[Query], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_model(name_or_checkpoint: str = "efficientnet_lite0", weights: str = "imagenet") -> "EmbeddingModel":
+    """A registry backbone (default: offline EfficientNet-Lite0) or a ``.pt`` checkpoint."""
+    from .model import load_model as _load
+
+    return _load(name_or_checkpoint, weights)
+
+
+def embed(model: "EmbeddingModel", items: Sequence[Query], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Embed image paths or PIL images to an (n, dim) float32 array of unit vectors.
 
     A path that cannot be decoded raises :class:`ImageLoadError` naming the file.
     """
+    from .embed import embed_images
+
     images = []
     for item in items:
         if isinstance(item, Image.Image):
@@ -88,7 +101,7 @@ def _label_of(relative: str) -> str | None:
     return parent or None
 
 
-def index_folder(folder: str | Path, index_dir: str | Path, model: EmbeddingModel | None = None, *,
+def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingModel | None" = None, *,
                  batch_size: int = 32, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  prune: bool = True, commit_every: int = 256, progress: Progress | None = None) -> IndexReport:
     """Add ``folder``'s images to the index at ``index_dir``, creating it if needed.
@@ -98,6 +111,8 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: EmbeddingMode
     are recorded as skipped with a reason, and not retried until they change. Work is committed
     every ``commit_every`` images, so an interrupted run keeps what it had committed.
     """
+    from .embed import embed_files
+
     started = time.perf_counter()
     root_path = Path(folder)
     if not root_path.is_dir():
@@ -213,7 +228,7 @@ class Searcher:
     must be the one that built the index (:class:`ModelMismatchError` otherwise).
     """
 
-    def __init__(self, index_dir: str | Path, model: EmbeddingModel | None = None,
+    def __init__(self, index_dir: str | Path, model: "EmbeddingModel | None" = None,
                  *, max_pixels: int = DEFAULT_MAX_PIXELS):
         if model is None:
             source = read_manifest(Path(index_dir))["model_source"]
@@ -249,7 +264,7 @@ class Searcher:
         return out
 
 
-def compare(model: EmbeddingModel, a: Query, b: Query, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> float:
+def compare(model: "EmbeddingModel", a: Query, b: Query, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> float:
     """Cosine similarity of two images' embeddings, in [-1, 1]."""
     va, vb = embed(model, [a, b], max_pixels=max_pixels)
     return float(np.dot(va, vb))

@@ -69,7 +69,7 @@ def _max_pixels(value):
 
 
 def _load_model(name: str, weights: str):
-    from .model import load_model
+    from .api import load_model
 
     return load_model(name, weights)
 

@@ -25,7 +25,10 @@ CLASSES = {
     "vehicles": ("transportation/vehicles", r"chevrolet|celebr|4wd|autos|ambulans|big_truck|blazer|bus\d?_|bus_01|car\.|hummer|jeep|van_|taxi|truck|pickup|sedan|racing|police"),
     "clocks": ("signs_and_symbols/clocks", r"alarm_clock|analog|clock0[15]|clock11|clock_michael|modern_clock|orologio"),
 }
-EXCLUDE = {"duck_yellow_ii_kurt_cagl_.png"}  # renders as a "Linked Image Not Found" box
+EXCLUDE = {
+    "duck_yellow_ii_kurt_cagl_.png",  # renders as a "Linked Image Not Found" box
+    "1989_chevrolet_celebrit_02.png",  # the same drawing as ..._01.png
+}
 PER_CLASS, QUERIES_PER_CLASS, MAX_SIDE = 10, 1, 256
 
 
