@@ -164,29 +164,33 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
             pending_add.clear(), pending_skip.clear(), pending_remove.clear()
 
         paths = [t[0] for t in todo]
-        for batch in embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels):
-            for pos, info, vector in zip(batch.ok, batch.info, batch.vectors):
-                path, rel, size, mtime = todo[pos]
-                if rel in replaced:
-                    pending_remove.append(replaced[rel])
-                    report.updated += 1
-                else:
-                    report.added += 1
-                pending_add.append(NewImage(root, rel, _label_of(rel), size, mtime, info.hash,
-                                            info.width, info.height, vector))
-            for pos, reason in batch.failed:
-                path, rel, size, mtime = todo[pos]
-                if rel in replaced:
-                    pending_remove.append(replaced[rel])
-                pending_skip.append(Skipped(root, rel, reason, size, mtime))
-                report.skipped.append((str(path), reason))
-            done += len(batch.ok) + len(batch.failed)
-            if len(pending_add) + len(pending_skip) >= commit_every:
-                flush()
-            if progress:
-                progress(done, len(todo))
-        flush()
-        idx.save()
+        try:
+            for batch in embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels):
+                for pos, info, vector in zip(batch.ok, batch.info, batch.vectors):
+                    path, rel, size, mtime = todo[pos]
+                    if rel in replaced:
+                        pending_remove.append(replaced[rel])
+                        report.updated += 1
+                    else:
+                        report.added += 1
+                    pending_add.append(NewImage(root, rel, _label_of(rel), size, mtime, info.hash,
+                                                info.width, info.height, vector))
+                for pos, reason in batch.failed:
+                    path, rel, size, mtime = todo[pos]
+                    if rel in replaced:
+                        pending_remove.append(replaced[rel])
+                    pending_skip.append(Skipped(root, rel, reason, size, mtime))
+                    report.skipped.append((str(path), reason))
+                done += len(batch.ok) + len(batch.failed)
+                if len(pending_add) + len(pending_skip) >= commit_every:
+                    flush()
+                if progress:
+                    progress(done, len(todo))
+            flush()
+        finally:
+            # Whatever was committed to SQLite is in the in-memory FAISS index too: save it so
+            # readers see a consistent index even after an interruption.
+            idx.save()
         report.total = len(idx)
     report.skipped.sort()
     report.elapsed_s = time.perf_counter() - started

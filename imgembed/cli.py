@@ -23,8 +23,14 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:  # e.g. `imgembed info | head`: the reader left, nothing to report
+            sys.stdout = None
+            ctx.exit(141)
+        except KeyboardInterrupt:
+            click.echo("interrupted: work committed so far is kept; re-run the same command to resume", err=True)
+            ctx.exit(130)
         except ImgembedError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -133,8 +139,11 @@ def index(folder, index_dir, model_name, weights, batch_size, workers, max_pixel
     if as_json:
         _emit_json(report.to_dict())
         return
-    click.echo(f"indexed {report.root} into {report.index}: {report.embedded} embedded in "
-               f"{report.elapsed_s:.1f} s ({report.images_per_s:.1f} images/s)")
+    if report.embedded:
+        click.echo(f"indexed {report.root} into {report.index}: {report.embedded} embedded in "
+                   f"{report.elapsed_s:.1f} s ({report.images_per_s:.1f} images/s)")
+    else:
+        click.echo(f"indexed {report.root} into {report.index}: nothing new to embed ({report.elapsed_s:.1f} s)")
     click.echo(f"  added {report.added}, updated {report.updated}, removed {report.removed}, "
                f"unchanged {report.unchanged}, skipped {len(report.skipped)}; {report.total} images in the index")
     for path, reason in report.skipped:

@@ -1,0 +1,52 @@
+"""Which padding and input normalisation make the converted EfficientNet-Lite0 weights predict
+what the TensorFlow original does?
+
+    .venv/bin/python bench/lite0_padding.py
+
+The weights were converted from TensorFlow, which pads stride-2 convolutions asymmetrically
+("SAME"), and whose Lite preprocessing is ``(pixel - 127) / 128``. This script runs the four
+combinations of {TF "SAME", symmetric PyTorch} padding x {(x-127)/128, ImageNet mean/std} on the
+scikit-image photos with an unambiguous ImageNet class and prints the probability of that class.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from skimage import data as skdata
+from torch.nn import functional as F
+
+from imgembed.backbones import build_classifier
+from imgembed.efficientnet_lite import PREPROCESS_MEAN, PREPROCESS_STD, SameConv2d
+from imgembed.preprocess import Preprocess
+
+# photo -> ImageNet class indices that count as right
+PHOTOS = {"chelsea": {281, 282, 283, 284, 285}, "coffee": {967}, "camera": {872}, "rocket": {657, 744}}
+NORMS = {"(x-127)/128": (PREPROCESS_MEAN, PREPROCESS_STD), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def symmetric(conv: SameConv2d):
+    def forward(x):
+        return torch.nn.Conv2d.forward(conv, F.pad(x, [conv.kernel_size[0] // 2] * 4))
+    return forward
+
+
+def main() -> None:
+    model, _ = build_classifier("efficientnet_lite0", "imagenet")
+    images = [Image.fromarray(getattr(skdata, name)()).convert("RGB") for name in PHOTOS]
+    print(f"{'padding':<10} {'normalisation':<14} " + " ".join(f"{n:>8}" for n in PHOTOS) + "    mean")
+    for padding in ("TF SAME", "symmetric"):
+        for conv in (m for m in model.modules() if isinstance(m, SameConv2d)):
+            conv.__dict__.pop("forward", None)
+            if padding == "symmetric":
+                conv.forward = symmetric(conv)
+        for norm, (mean, std) in NORMS.items():
+            transform = Preprocess(256, 224, mean, std, "bicubic").transform()
+            with torch.inference_mode():
+                probs = model(torch.stack([transform(im) for im in images])).softmax(1)
+            right = [float(p[list(classes)].sum()) for p, classes in zip(probs, PHOTOS.values())]
+            print(f"{padding:<10} {norm:<14} " + " ".join(f"{r:>8.3f}" for r in right) + f"  {sum(right) / len(right):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""index_folder through the API: interruption keeps committed work and a re-run completes it."""
+
+import shutil
+
+import pytest
+
+from conftest import SAMPLES
+from imgembed.api import index_folder
+from imgembed.errors import InputError
+from imgembed.index import ImageIndex
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def test_interrupted_run_keeps_committed_chunks_and_resumes(tmp_path, model):
+    folder = tmp_path / "photos"
+    for label in ("birds", "fish", "fruit"):
+        shutil.copytree(SAMPLES / label, folder / label)
+    index = tmp_path / "idx"
+
+    def interrupt_after_two_batches(done, total):
+        if done >= 16:
+            raise Stop
+
+    with pytest.raises(Stop):
+        index_folder(folder, index, model, batch_size=8, workers=0, commit_every=8,
+                     progress=interrupt_after_two_batches)
+    with ImageIndex.open(index) as idx:  # readable, consistent, holds the committed chunks
+        assert len(idx) == 16
+    report = index_folder(folder, index, model, batch_size=8, workers=0)
+    assert (report.added, report.unchanged, report.total) == (14, 16, 30)
+    with ImageIndex.open(index) as idx:
+        rows = idx.store.rows_under(str(folder.resolve()))
+        assert len(rows) == 30 and len(idx) == 30
+
+
+def test_missing_folder_is_an_input_error(tmp_path, model):
+    with pytest.raises(InputError, match="not a folder"):
+        index_folder(tmp_path / "nope", tmp_path / "idx", model)
