@@ -101,6 +101,48 @@ def _label_of(relative: str) -> str | None:
     return parent or None
 
 
+@dataclass
+class _Plan:
+    """What a run must do for one root, decided from a directory walk and the stored rows."""
+
+    todo: list[tuple[Path, str, int, int]] = field(default_factory=list)  # (path, relative, bytes, mtime_ns)
+    replaces: dict[str, int] = field(default_factory=dict)  # relative path -> id of the row it replaces
+    gone: list[int] = field(default_factory=list)  # ids of rows whose files disappeared
+    unchanged: int = 0
+    still_bad: list[Skipped] = field(default_factory=list)  # known failures, file unchanged
+    unstatable: list[Skipped] = field(default_factory=list)
+    vanished_bad: list[str] = field(default_factory=list)  # skipped entries whose files disappeared
+
+
+def _plan(root: Path, store, prune: bool) -> _Plan:
+    key = str(root)
+    existing = store.rows_under(key)
+    known_bad = {s.path: s for s in store.skipped(key)}
+    plan, seen = _Plan(), set()
+    for path in iter_images(root):
+        rel = path.relative_to(root).as_posix()
+        seen.add(rel)
+        try:
+            st = path.stat()
+        except OSError as e:
+            plan.unstatable.append(Skipped(key, rel, f"cannot stat file: {e.strerror or e}", 0, 0))
+            continue
+        stamp = (st.st_size, st.st_mtime_ns)
+        row, bad = existing.get(rel), known_bad.get(rel)
+        if row is not None and (row.bytes, row.mtime_ns) == stamp:
+            plan.unchanged += 1
+        elif bad is not None and (bad.bytes, bad.mtime_ns) == stamp:
+            plan.still_bad.append(bad)
+        else:
+            if row is not None:
+                plan.replaces[rel] = row.id
+            plan.todo.append((path, rel, *stamp))
+    if prune:
+        plan.gone = [row.id for rel, row in existing.items() if rel not in seen]
+    plan.vanished_bad = [p for p in known_bad if p not in seen]
+    return plan
+
+
 def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingModel | None" = None, *,
                  batch_size: int = 32, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  prune: bool = True, commit_every: int = 256, progress: Progress | None = None) -> IndexReport:
@@ -114,78 +156,47 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     from .embed import embed_files
 
     started = time.perf_counter()
-    root_path = Path(folder)
-    if not root_path.is_dir():
+    if not Path(folder).is_dir():
         raise InputError(f"not a folder: {folder}")
-    root = str(root_path.resolve())
+    root = Path(folder).resolve()
     model = model or load_model()
-    report = IndexReport(index=str(index_dir), root=root)
+    report = IndexReport(index=str(index_dir), root=str(root))
     with ImageIndex.open_for_write(index_dir, model.identity, model.source) as idx:
-        existing = idx.store.rows_under(root)
-        known_bad = {s.path: s for s in idx.store.skipped(root)}
-        todo: list[tuple[Path, str, int, int]] = []  # (path, relative, bytes, mtime_ns)
-        replaced: dict[str, int] = {}  # relative path -> id of the row a changed file replaces
-        seen: set[str] = set()
-        newly_bad: list[Skipped] = []
-        for path in iter_images(root_path.resolve()):
-            rel = path.relative_to(root).as_posix()
-            seen.add(rel)
-            try:
-                st = path.stat()
-            except OSError as e:
-                newly_bad.append(Skipped(root, rel, f"cannot stat file: {e.strerror or e}", 0, 0))
-                continue
-            row = existing.get(rel)
-            if row is not None and (row.bytes, row.mtime_ns) == (st.st_size, st.st_mtime_ns):
-                report.unchanged += 1
-                continue
-            bad = known_bad.get(rel)
-            if bad is not None and (bad.bytes, bad.mtime_ns) == (st.st_size, st.st_mtime_ns):
-                report.skipped.append((str(path), bad.reason))
-                continue
-            if row is not None:
-                replaced[rel] = row.id
-            todo.append((path, rel, st.st_size, st.st_mtime_ns))
+        plan = _plan(root, idx.store, prune)
+        idx.store.forget_skipped(str(root), plan.vanished_bad)
+        idx.commit(remove=plan.gone, skipped=plan.unstatable)
+        report.unchanged, report.removed = plan.unchanged, len(plan.gone)
+        report.skipped = [(s.full_path, s.reason) for s in plan.still_bad + plan.unstatable]
 
-        gone = [row.id for rel, row in existing.items() if rel not in seen] if prune else []
-        idx.store.forget_skipped(root, [p for p in known_bad if p not in seen])
-        if gone or newly_bad:
-            idx.commit(remove=gone, skipped=newly_bad)
-        report.removed = len(gone)
-        report.skipped.extend((str(Path(root) / s.path), s.reason) for s in newly_bad)
-
-        pending_add: list[NewImage] = []
-        pending_skip: list[Skipped] = []
-        pending_remove: list[int] = []
-        done = 0
+        add: list[NewImage] = []
+        bad: list[Skipped] = []
+        remove: list[int] = []
 
         def flush() -> None:
-            idx.commit(remove=pending_remove, add=pending_add, skipped=pending_skip)
-            pending_add.clear(), pending_skip.clear(), pending_remove.clear()
+            idx.commit(remove=remove, add=add, skipped=bad)
+            add.clear(), bad.clear(), remove.clear()
 
-        paths = [t[0] for t in todo]
         try:
+            done = 0
+            paths = [t[0] for t in plan.todo]
             for batch in embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels):
                 for pos, info, vector in zip(batch.ok, batch.info, batch.vectors):
-                    path, rel, size, mtime = todo[pos]
-                    if rel in replaced:
-                        pending_remove.append(replaced[rel])
-                        report.updated += 1
-                    else:
-                        report.added += 1
-                    pending_add.append(NewImage(root, rel, _label_of(rel), size, mtime, info.hash,
-                                                info.width, info.height, vector))
+                    path, rel, size, mtime = plan.todo[pos]
+                    add.append(NewImage(str(root), rel, _label_of(rel), size, mtime, info.hash,
+                                        info.width, info.height, vector))
+                    report.updated += rel in plan.replaces
+                    report.added += rel not in plan.replaces
                 for pos, reason in batch.failed:
-                    path, rel, size, mtime = todo[pos]
-                    if rel in replaced:
-                        pending_remove.append(replaced[rel])
-                    pending_skip.append(Skipped(root, rel, reason, size, mtime))
+                    path, rel, size, mtime = plan.todo[pos]
+                    bad.append(Skipped(str(root), rel, reason, size, mtime))
                     report.skipped.append((str(path), reason))
-                done += len(batch.ok) + len(batch.failed)
-                if len(pending_add) + len(pending_skip) >= commit_every:
+                remove.extend(plan.replaces[plan.todo[pos][1]] for pos in (*batch.ok, *(f[0] for f in batch.failed))
+                              if plan.todo[pos][1] in plan.replaces)
+                if len(add) + len(bad) >= commit_every:
                     flush()
+                done += len(batch.ok) + len(batch.failed)
                 if progress:
-                    progress(done, len(todo))
+                    progress(done, len(plan.todo))
             flush()
         finally:
             # Whatever was committed to SQLite is in the in-memory FAISS index too: save it so

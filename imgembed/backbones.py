@@ -107,15 +107,21 @@ def _load_imagenet(model: nn.Module, spec: BackboneSpec) -> str:
     return f"imagenet:{spec.tv_weights}"
 
 
-def _load_file(model: nn.Module, spec: BackboneSpec, path: Path) -> str:
+def load_tensors_file(path: Path, what: str, hint: str):
+    """``torch.load`` with ``weights_only=True`` (no code runs from the file); returns
+    ``(object, "sha256:<16 hex>")``. Anything else is refused with a :class:`ModelError`."""
     if not path.is_file():
-        raise ModelError(f"weights file not found: {path} (or use --weights imagenet|none)")
-    data = path.read_bytes()
+        raise ModelError(f"{what} not found: {path} ({hint})")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelError(f"{path}: not a loadable state-dict file "
-                         f"({str(e).splitlines()[0][:200]})") from None
+        raise ModelError(f"{path}: not a loadable {what} ({str(e).strip().splitlines()[0][:200]})") from None
+    return obj, f"sha256:{digest}"
+
+
+def _load_file(model: nn.Module, spec: BackboneSpec, path: Path) -> str:
+    state, digest = load_tensors_file(path, "weights file", "or use --weights imagenet|none")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -128,7 +134,7 @@ def _load_file(model: nn.Module, spec: BackboneSpec, path: Path) -> str:
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
         raise ModelError(f"{path}: does not fit {spec.name}: {first[:200]}") from None
-    return f"file:sha256:{hashlib.sha256(data).hexdigest()[:16]}"
+    return f"file:{digest}"
 
 
 def feature_extractor(name: str, classifier: nn.Module) -> nn.Module:

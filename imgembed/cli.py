@@ -80,6 +80,14 @@ def _load_model(name: str, weights: str):
     return load_model(name, weights)
 
 
+def _searcher(index_dir: str, model_name: str | None, weights: str, max_pixels: int | None):
+    """The index's own model, or ``--model`` checked against it."""
+    from .api import Searcher
+
+    model = _load_model(model_name, weights) if model_name else None
+    return Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels))
+
+
 def _emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -159,10 +167,7 @@ def index(folder, index_dir, model_name, weights, batch_size, workers, max_pixel
 @_json_option
 def search(queries, index_dir, k, model_name, weights, max_pixels, as_json):
     """Find the indexed images most similar to each QUERY image."""
-    from .api import Searcher
-
-    model = _load_model(model_name, weights) if model_name else None
-    with Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels)) as searcher:
+    with _searcher(index_dir, model_name, weights, max_pixels) as searcher:
         results = searcher.search(list(queries), k)
     if as_json:
         _emit_json([r.to_dict() for r in results])
@@ -186,10 +191,7 @@ def search(queries, index_dir, k, model_name, weights, max_pixels, as_json):
 @_json_option
 def classify(queries, index_dir, k, model_name, weights, max_pixels, as_json):
     """Label each QUERY image by a similarity-weighted vote of its k nearest indexed images."""
-    from .api import Searcher
-
-    model = _load_model(model_name, weights) if model_name else None
-    with Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels)) as searcher:
+    with _searcher(index_dir, model_name, weights, max_pixels) as searcher:
         results = searcher.classify(list(queries), k)
     if as_json:
         _emit_json([r.to_dict() for r in results])

@@ -10,7 +10,6 @@ loadable with ``torch.load(..., weights_only=True)``; see :func:`save_checkpoint
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__
-from .backbones import DEFAULT_BACKBONE, build_classifier, default_preprocess, feature_extractor, get_spec
+from .backbones import (DEFAULT_BACKBONE, build_classifier, default_preprocess, feature_extractor, get_spec,
+                        load_tensors_file)
 from .errors import ModelError
 from .preprocess import Preprocess
 
@@ -124,14 +124,7 @@ def save_checkpoint(model: EmbeddingModel, path: str | Path, *, weights: str, ex
 
 def load_checkpoint(path: str | Path) -> EmbeddingModel:
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint not found: {path} (or pass a backbone name to --model)")
-    data = path.read_bytes()
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(f"{path}: not a loadable imgembed checkpoint "
-                         f"({str(e).splitlines()[0][:200]})") from None
+    ckpt, digest = load_tensors_file(path, "imgembed checkpoint", "or pass a backbone name to --model")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not an imgembed checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
     if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
@@ -145,7 +138,7 @@ def load_checkpoint(path: str | Path) -> EmbeddingModel:
         backbone.load_state_dict(ckpt["backbone_state"])
         weights_id = ckpt.get("weights_id", weights_id)
     model = EmbeddingModel(name, backbone, weights_id, Preprocess.from_dict(ckpt["preprocess"]),
-                           ckpt.get("head"), checkpoint_id=f"sha256:{hashlib.sha256(data).hexdigest()[:16]}")
+                           ckpt.get("head"), checkpoint_id=digest)
     model.head.load_state_dict(ckpt["head_state"])
     model.source = {"model": str(path.resolve()), "weights": ckpt["weights"]}
     return model.eval()
