@@ -39,11 +39,15 @@ Progress = Callable[[int, int], None]  # (done, total)
 Query = str | Path | Image.Image
 
 
-def load_model(name_or_checkpoint: str = "efficientnet_lite0", weights: str = "imagenet") -> "EmbeddingModel":
-    """A registry backbone (default: offline EfficientNet-Lite0) or a ``.pt`` checkpoint."""
+def load_model(name_or_checkpoint: str = "efficientnet_lite0", weights: str = "imagenet",
+               precision: str = "auto") -> "EmbeddingModel":
+    """A registry backbone (default: offline EfficientNet-Lite0) or a ``.pt`` checkpoint.
+
+    ``precision="auto"`` runs bf16 where the hardware does so natively, fp32 elsewhere.
+    """
     from .model import load_model as _load
 
-    return _load(name_or_checkpoint, weights)
+    return _load(name_or_checkpoint, weights, precision)
 
 
 def embed(model: "EmbeddingModel", items: Sequence[Query], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -244,10 +248,10 @@ class Searcher:
     """
 
     def __init__(self, index_dir: str | Path, model: "EmbeddingModel | None" = None,
-                 *, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 *, max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto"):
         if model is None:
             source = read_manifest(Path(index_dir))["model_source"]
-            model = load_model(source["model"], source["weights"])
+            model = load_model(source["model"], source["weights"], precision)
         self.model = model
         self.index = ImageIndex.open(index_dir, model.identity)
         self.max_pixels = max_pixels

@@ -52,6 +52,8 @@ def _index_option(f):
 
 def _model_options(default_model: str | None):
     def deco(f):
+        f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                         help="Inference precision; auto = bf16 where the CPU/GPU runs it natively.")(f)
         f = click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
                          help="Backbone weights: ImageNet, random init, or a local state-dict file.")(f)
         return click.option("--model", "model_name", default=default_model, show_default=default_model is not None,
@@ -74,18 +76,18 @@ def _max_pixels(value):
     return value or DEFAULT_MAX_PIXELS
 
 
-def _load_model(name: str, weights: str):
+def _load_model(name: str, weights: str, precision: str):
     from .api import load_model
 
-    return load_model(name, weights)
+    return load_model(name, weights, precision)
 
 
-def _searcher(index_dir: str, model_name: str | None, weights: str, max_pixels: int | None):
+def _searcher(index_dir: str, model_name: str | None, weights: str, precision: str, max_pixels: int | None):
     """The index's own model, or ``--model`` checked against it."""
     from .api import Searcher
 
-    model = _load_model(model_name, weights) if model_name else None
-    return Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels))
+    model = _load_model(model_name, weights, precision) if model_name else None
+    return Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels), precision=precision)
 
 
 def _emit_json(data) -> None:
@@ -119,7 +121,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--no-prune", is_flag=True, help="Keep entries of files that disappeared from FOLDER.")
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index(folder, index_dir, model_name, weights, batch_size, workers, max_pixels, no_prune, as_json, quiet):
+def index(folder, index_dir, model_name, weights, precision, batch_size, workers, max_pixels, no_prune, as_json, quiet):
     """Embed the images under FOLDER into the index (sub-folder names become labels).
 
     Re-running is cheap: unchanged files are not read again, changed ones are re-embedded,
@@ -129,7 +131,7 @@ def index(folder, index_dir, model_name, weights, batch_size, workers, max_pixel
 
     from .api import index_folder
 
-    model = _load_model(model_name, weights)
+    model = _load_model(model_name, weights, precision)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -165,9 +167,9 @@ def index(folder, index_dir, model_name, weights, batch_size, workers, max_pixel
 @_model_options(None)
 @_max_pixels_option
 @_json_option
-def search(queries, index_dir, k, model_name, weights, max_pixels, as_json):
+def search(queries, index_dir, k, model_name, weights, precision, max_pixels, as_json):
     """Find the indexed images most similar to each QUERY image."""
-    with _searcher(index_dir, model_name, weights, max_pixels) as searcher:
+    with _searcher(index_dir, model_name, weights, precision, max_pixels) as searcher:
         results = searcher.search(list(queries), k)
     if as_json:
         _emit_json([r.to_dict() for r in results])
@@ -189,9 +191,9 @@ def search(queries, index_dir, k, model_name, weights, max_pixels, as_json):
 @_model_options(None)
 @_max_pixels_option
 @_json_option
-def classify(queries, index_dir, k, model_name, weights, max_pixels, as_json):
+def classify(queries, index_dir, k, model_name, weights, precision, max_pixels, as_json):
     """Label each QUERY image by a similarity-weighted vote of its k nearest indexed images."""
-    with _searcher(index_dir, model_name, weights, max_pixels) as searcher:
+    with _searcher(index_dir, model_name, weights, precision, max_pixels) as searcher:
         results = searcher.classify(list(queries), k)
     if as_json:
         _emit_json([r.to_dict() for r in results])
@@ -208,11 +210,11 @@ def classify(queries, index_dir, k, model_name, weights, max_pixels, as_json):
 @_model_options(DEFAULT_MODEL)
 @_max_pixels_option
 @_json_option
-def compare(a, b, model_name, weights, max_pixels, as_json):
+def compare(a, b, model_name, weights, precision, max_pixels, as_json):
     """Cosine similarity of images A and B (1 = identical embeddings)."""
     from .api import compare as compare_images
 
-    score = compare_images(_load_model(model_name, weights), a, b, max_pixels=_max_pixels(max_pixels))
+    score = compare_images(_load_model(model_name, weights, precision), a, b, max_pixels=_max_pixels(max_pixels))
     if as_json:
         _emit_json({"a": a, "b": b, "score": round(score, 6)})
     else:

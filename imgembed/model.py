@@ -56,6 +56,38 @@ class EmbeddingModel(nn.Module):
         self.preprocess = preprocess
         self.checkpoint_id = checkpoint_id
         self.source: dict = {}  # how to load this model again: {"model": name|path, "weights": spec}
+        self.precision = "fp32"
+        self.folded = False
+        self.fp32_stem = get_spec(backbone_name).fp32_stem
+
+    def set_precision(self, precision: str = "auto") -> "EmbeddingModel":
+        """Run inference at ``auto|fp32|bf16``, in channels_last layout (about 2x faster for
+        these CNNs on CPU than the default layout, at either precision).
+
+        Under bf16 the first ``fp32_stem`` trunk modules still run in fp32 (see BackboneSpec).
+        """
+        from .precision import resolve
+
+        device = next(self.parameters()).device
+        self.precision = resolve(precision, device)
+        self.to(memory_format=torch.channels_last)
+        return self
+
+    def fold_batchnorm(self) -> "EmbeddingModel":
+        """Fold eval-mode BatchNorm into the preceding convolution of the backbone (inference only).
+
+        Same outputs up to float rounding, fewer passes over memory, and one rounding fewer per
+        layer under bf16. A folded model cannot be fine-tuned.
+        """
+        for module in self.backbone.modules():
+            if isinstance(module, nn.Sequential):
+                for i in range(len(module) - 1):
+                    conv, bn = module[i], module[i + 1]
+                    if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                        _fold_into(conv, bn)
+                        module[i + 1] = nn.Identity()
+        self.folded = True
+        return self
 
     @property
     def dim(self) -> int:
@@ -75,22 +107,44 @@ class EmbeddingModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features, (N, feature_dim)."""
-        return F.adaptive_avg_pool2d(self.backbone(x), 1).flatten(1)
+        if self.precision == "bf16" and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                x = self.backbone[:self.fp32_stem](x.float())
+            x = self.backbone[self.fp32_stem:](x)
+        else:
+            x = self.backbone(x)
+        return F.adaptive_avg_pool2d(x.float(), 1).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.features(x)), dim=1)
 
 
-def load_model(name_or_checkpoint: str = DEFAULT_BACKBONE, weights: str = "imagenet") -> EmbeddingModel:
-    """A backbone name from the registry, or a path to a ``.pt`` checkpoint from ``imgembed train``."""
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight = nn.Parameter(conv.weight.detach() * scale.reshape(-1, 1, 1, 1), requires_grad=False)
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias.detach(), requires_grad=False)
+
+
+def load_model(name_or_checkpoint: str = DEFAULT_BACKBONE, weights: str = "imagenet",
+               precision: str = "fp32", *, inference: bool = True) -> EmbeddingModel:
+    """A backbone name from the registry, or a path to a ``.pt`` checkpoint from ``imgembed train``.
+
+    ``precision`` (``auto|fp32|bf16``) is how inference runs; see :mod:`imgembed.precision`.
+    With ``inference`` (the default) BatchNorm is folded into the convolutions; pass False for
+    a model whose backbone will be trained.
+    """
     path = Path(name_or_checkpoint)
     if name_or_checkpoint.endswith(".pt") or path.is_file():
-        return load_checkpoint(path)
-    classifier, weights_id = build_classifier(name_or_checkpoint, weights)
-    backbone = feature_extractor(name_or_checkpoint, classifier)
-    model = EmbeddingModel(name_or_checkpoint, backbone, weights_id, default_preprocess(name_or_checkpoint))
-    model.source = {"model": name_or_checkpoint, "weights": weights}
-    return model.eval()
+        model = load_checkpoint(path)
+    else:
+        classifier, weights_id = build_classifier(name_or_checkpoint, weights)
+        backbone = feature_extractor(name_or_checkpoint, classifier)
+        model = EmbeddingModel(name_or_checkpoint, backbone, weights_id, default_preprocess(name_or_checkpoint))
+        model.source = {"model": name_or_checkpoint, "weights": weights}
+    if inference:
+        model.fold_batchnorm()
+    return model.eval().set_precision(precision)
 
 
 def save_checkpoint(model: EmbeddingModel, path: str | Path, *, weights: str, extra: dict | None = None,
@@ -101,6 +155,9 @@ def save_checkpoint(model: EmbeddingModel, path: str | Path, *, weights: str, ex
     own tensors are stored only when ``include_backbone`` (fine-tuned, or built from a file), so a
     head trained on a frozen ImageNet backbone stays small.
     """
+    if include_backbone and model.folded:
+        raise ModelError("cannot save the backbone of a model whose BatchNorm was folded for inference; "
+                         "load it with inference=False")
     ckpt = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,

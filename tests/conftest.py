@@ -13,9 +13,9 @@ QUERIES = ROOT / "sample_queries"
 
 @pytest.fixture(scope="session")
 def model():
-    from imgembed.model import load_model
+    from imgembed.api import load_model
 
-    return load_model()
+    return load_model()  # precision "auto": bf16 on CPUs that run it natively
 
 
 @pytest.fixture(scope="session")
