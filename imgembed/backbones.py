@@ -120,7 +120,11 @@ def load_tensors_file(path: Path, what: str, hint: str):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelError(f"{path}: not a loadable {what} ({str(e).strip().splitlines()[0][:200]})") from None
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
+        # torch's weights-only refusal puts the reason (e.g. "Unsupported global: ...") on a later line
+        detail = next((line for line in lines if "Unsupported global" in line or "Unsupported operand" in line), lines[0])
+        raise ModelError(f"{path}: not a loadable {what}, refused by weights-only loading "
+                         f"({detail[:200]})") from None
     return obj, f"sha256:{digest}"
 
 

@@ -251,6 +251,167 @@ def info(index_dir, as_json):
         click.echo(f"  {s['path']}: {s['reason']}")
 
 
+def _default_cache() -> str:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgembed", "features")
+
+
+_cache_option = click.option("--cache", "cache_dir", envvar="IMGEMBED_CACHE", default=None, type=click.Path(file_okay=False),
+                             help="Feature cache directory (env: IMGEMBED_CACHE) [default: ~/.cache/imgembed/features].")
+
+
+def _stage_bar(quiet: bool):
+    """A progress callback ``(stage, done, total)`` that keeps one tqdm bar per stage."""
+    from tqdm import tqdm
+
+    bars = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="img", file=sys.stderr, disable=quiet or None,
+                                     leave=False)
+        bar.update(done - bar.n)
+
+    progress.close = lambda: [b.close() for b in bars.values()]
+    return progress
+
+
+_METRIC_COLUMNS = [("precision_at_1", "P@1"), ("recall_at_1", "R@1"), ("recall_at_5", "R@5"),
+                   ("recall_at_10", "R@10"), ("map_at_r", "mAP@R"), ("knn_accuracy", "kNN acc")]
+
+
+def _metrics_line(metrics: dict) -> str:
+    return "  ".join(f"{label} {metrics[key]:.3f}" for key, label in _METRIC_COLUMNS if key in metrics)
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write, e.g. models/mine.pt.")
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Backbone to train on.")
+@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH")
+@click.option("--dim", type=click.IntRange(2, 4096), default=128, show_default=True, help="Embedding dimension.")
+@click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True,
+              help="Projection head: Linear-BN-ReLU-Linear, or one Linear layer.")
+@click.option("--hidden", type=click.IntRange(2, 8192), default=512, show_default=True, help="Hidden width of the mlp head.")
+@click.option("--loss", type=click.Choice(["triplet", "contrastive"]), default="triplet", show_default=True)
+@click.option("--margin", type=click.FloatRange(0, 2), default=0.2, show_default=True, help="Triplet margin (distance units).")
+@click.option("--miner", type=click.Choice(["batch-hard", "semi-hard", "all"]), default="batch-hard", show_default=True)
+@click.option("--pos-margin", type=click.FloatRange(0, 2), default=0.0, show_default=True,
+              help="Contrastive: positives closer than this cost nothing.")
+@click.option("--neg-margin", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+              help="Contrastive: negatives farther than this cost nothing.")
+@click.option("--classes-per-batch", type=click.IntRange(2), default=16, show_default=True)
+@click.option("--images-per-class", type=click.IntRange(2), default=4, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--views", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Frozen mode: cached views per image (1 plain + augmented ones).")
+@click.option("--finetune-blocks", type=click.IntRange(0), default=0, show_default=True,
+              help="Also train the last N backbone stages on augmented images (slow on a CPU).")
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--split", "split_by", type=click.Choice(["images", "classes"]), default="images", show_default=True,
+              help="Hold out a share of each class's images, or whole classes (open set).")
+@click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
+              help="Stop after this many epochs without a better validation mAP@R (0: never).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
+@_cache_option
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Images per backbone pass when computing features.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decoding processes.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@_json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, miner, pos_margin, neg_margin,
+          classes_per_batch, images_per_class, epochs, lr, views, finetune_blocks, val_split, split_by, patience,
+          seed, resume, cache_dir, batch_size, workers, precision, as_json, quiet):
+    """Fit the embedding head to a labelled folder (one sub-folder per class).
+
+    Prints loss, Recall@1, mAP@R and k-NN accuracy on the validation part after each epoch and
+    keeps the best epoch in --out; `imgembed index --model OUT` then indexes with it.
+    """
+    from .train import TrainConfig, train as run_training
+
+    config = TrainConfig(model=model_name, weights=weights, dim=dim, head=head, hidden=hidden, loss=loss,
+                         margin=margin, miner=miner, pos_margin=pos_margin, neg_margin=neg_margin,
+                         classes_per_batch=classes_per_batch, images_per_class=images_per_class, epochs=epochs,
+                         lr=lr, views=views, finetune_blocks=finetune_blocks, val_split=val_split, split=split_by,
+                         patience=patience, seed=seed, batch_size=batch_size, workers=workers, precision=precision)
+    progress = _stage_bar(quiet)
+    echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+
+    def on_epoch(log) -> None:
+        if not quiet:
+            echo(f"epoch {log.epoch:>3}  loss {log.loss:.4f}  {_metrics_line(log.metrics)}"
+                 f"{'  *' if log.best else ''}  ({log.seconds:.1f} s)")
+
+    try:
+        result = run_training(data_dir, out, config, cache_dir=cache_dir or _default_cache(), resume=resume,
+                              on_epoch=on_epoch, progress=progress)
+    finally:
+        progress.close()
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    for name, n in result.dropped_classes.items():
+        click.echo(f"left out class {name or '(root)'!s}: {n} image(s), need 2+")
+    for path, reason in result.failed:
+        click.echo(f"skipped {path}: {reason}")
+    click.echo(f"trained on {result.train_images} images of {len(result.classes)} classes, validated on "
+               f"{result.val_images}; features {result.feature_seconds:.1f} s, training {result.train_seconds:.1f} s")
+    if result.baseline:
+        click.echo(f"untrained: {_metrics_line(result.baseline)}")
+        click.echo(f"trained:   {_metrics_line(result.metrics)}  (epoch {result.best_epoch} of {result.epochs_run}"
+                   f"{', stopped early' if result.stopped_early else ''})")
+    click.echo(f"wrote {result.checkpoint}")
+
+
+@main.command()
+@click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, metavar="NAME|CHECKPOINT")
+@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH")
+@click.option("--query", "query_dir", type=click.Path(exists=True, file_okay=False), help="Labelled query folder.")
+@click.option("--gallery", "gallery_dir", type=click.Path(exists=True, file_okay=False), help="Labelled gallery folder.")
+@click.option("--baseline", is_flag=True, help="Also evaluate the untrained backbone, side by side.")
+@click.option("-k", "knn_k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Neighbours for k-NN accuracy.")
+@_cache_option
+@click.option("--workers", type=click.IntRange(0, 64), default=None)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@_json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, knn_k, cache_dir, workers, precision,
+             as_json, quiet):
+    """Retrieval quality on a labelled folder (leave-one-out) or --query DIR against --gallery DIR:
+    Precision@1, Recall@1/5/10, mAP@R and k-NN accuracy."""
+    from .evaluate import evaluate as run_evaluation
+
+    if (data_dir is None) == (query_dir is None or gallery_dir is None):
+        raise click.UsageError("give DATA_DIR, or both --query DIR and --gallery DIR")
+    progress = _stage_bar(quiet)
+    try:
+        rows, failed = run_evaluation(
+            _load_model(model_name, weights, precision), cache_dir=cache_dir or _default_cache(), data_dir=data_dir,
+            query_dir=query_dir, gallery_dir=gallery_dir, baseline=baseline, knn_k=knn_k, workers=workers,
+            progress=lambda d, t: progress("embedding", d, t))
+    finally:
+        progress.close()
+    if as_json:
+        _emit_json({"results": [r.to_dict() for r in rows], "skipped": [{"path": p, "reason": r} for p, r in failed]})
+        return
+    width = max(len("model"), *(len(r.name) for r in rows))
+    click.echo(f"{'model':<{width}}  " + "  ".join(f"{label:>7}" for _, label in _METRIC_COLUMNS) + "  queries")
+    for r in rows:
+        click.echo(f"{r.name:<{width}}  " + "  ".join(f"{r.metrics[key]:>7.3f}" for key, _ in _METRIC_COLUMNS)
+                   + f"  {r.metrics['queries']:>7}")
+    for path, reason in failed:
+        click.echo(f"skipped {path}: {reason}")
+
+
 @main.command()
 def models():
     """List the available backbones."""

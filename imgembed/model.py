@@ -148,14 +148,14 @@ def load_model(name_or_checkpoint: str = DEFAULT_BACKBONE, weights: str = "image
 
 
 def save_checkpoint(model: EmbeddingModel, path: str | Path, *, weights: str, extra: dict | None = None,
-                    include_backbone: bool = False) -> None:
+                    include_backbone: bool = False, backbone_trained: bool = False) -> None:
     """Write a self-describing checkpoint.
 
     ``weights`` is the spec the backbone was built from (``imagenet`` or ``none``); the backbone's
     own tensors are stored only when ``include_backbone`` (fine-tuned, or built from a file), so a
     head trained on a frozen ImageNet backbone stays small.
     """
-    if include_backbone and model.folded:
+    if (include_backbone or backbone_trained) and model.folded:
         raise ModelError("cannot save the backbone of a model whose BatchNorm was folded for inference; "
                          "load it with inference=False")
     ckpt = {
@@ -169,7 +169,8 @@ def save_checkpoint(model: EmbeddingModel, path: str | Path, *, weights: str, ex
         "dim": model.dim,
         "preprocess": model.preprocess.to_dict(),
         "head_state": model.head.state_dict(),
-        "backbone_state": model.backbone.state_dict() if include_backbone else None,
+        "backbone_state": model.backbone.state_dict() if include_backbone or backbone_trained else None,
+        "backbone_trained": backbone_trained,
         **(extra or {}),
     }
     path = Path(path)
@@ -193,7 +194,8 @@ def load_checkpoint(path: str | Path) -> EmbeddingModel:
     backbone = feature_extractor(name, classifier)
     if own_backbone:
         backbone.load_state_dict(ckpt["backbone_state"])
-        weights_id = ckpt.get("weights_id", weights_id)
+        # A fine-tuned backbone is its own model: features cached for the original do not apply.
+        weights_id = f"trained:{digest}" if ckpt.get("backbone_trained") else ckpt.get("weights_id", weights_id)
     model = EmbeddingModel(name, backbone, weights_id, Preprocess.from_dict(ckpt["preprocess"]),
                            ckpt.get("head"), checkpoint_id=digest)
     model.head.load_state_dict(ckpt["head_state"])

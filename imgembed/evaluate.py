@@ -1,0 +1,68 @@
+"""Retrieval quality of a model over labelled folders: leave-one-out, or queries vs a gallery.
+
+Embeddings of a model whose backbone is shared with others (a head trained on a frozen
+backbone, and the untrained backbone itself) come from the feature cache, so comparing the two
+runs the backbone once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .data import scan_labelled
+from .featcache import FeatureCache
+from .metrics import retrieval_metrics
+from .model import EmbeddingModel, load_model
+
+
+@dataclass
+class EvalRow:
+    name: str
+    metrics: dict
+
+    def to_dict(self) -> dict:
+        return {"model": self.name, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.metrics.items()}}
+
+
+def embed_labelled(model: EmbeddingModel, folder: str | Path, cache_dir: str | Path, *, workers: int | None = None,
+                   batch_size: int = 64, progress: Callable[[int, int], None] | None = None):
+    """``(vectors (n, dim), class names (n,), failed [(path, reason)])`` for a labelled folder."""
+    data, _ = scan_labelled(folder, min_per_class=1)
+    got = FeatureCache(cache_dir, model).features(data.paths, 1, batch_size=batch_size, workers=workers,
+                                                   progress=progress)
+    with torch.no_grad():
+        vectors = F.normalize(model.head.eval()(torch.from_numpy(got.features[:, 0])), dim=1).numpy()
+    names = np.array(data.class_names(), dtype=object)[got.ok]
+    return vectors, names, [(str(data.paths[i]), r) for i, r in got.failed]
+
+
+def baseline_of(model: EmbeddingModel) -> EmbeddingModel:
+    """The untrained backbone a checkpoint was trained from."""
+    return load_model(model.backbone_name, model.source.get("weights", "imagenet"), model.precision)
+
+
+def evaluate(model: EmbeddingModel, *, cache_dir: str | Path, data_dir: str | Path | None = None,
+             query_dir: str | Path | None = None, gallery_dir: str | Path | None = None, baseline: bool = False,
+             knn_k: int = 5, workers: int | None = None, progress=None) -> tuple[list[EvalRow], list[tuple[str, str]]]:
+    """Metrics of ``model`` (and of its untrained backbone first, with ``baseline``)."""
+    models = ([(f"{model.backbone_name} (untrained)", baseline_of(model))] if baseline else []) + \
+        [(model.source.get("model", model.backbone_name), model)]
+    rows, failed = [], []
+    for name, m in models:
+        if data_dir is not None:
+            v, labels, bad = embed_labelled(m, data_dir, cache_dir, workers=workers, progress=progress)
+            metrics = retrieval_metrics(v, labels, knn_k=knn_k)
+        else:
+            qv, ql, bad_q = embed_labelled(m, query_dir, cache_dir, workers=workers, progress=progress)
+            gv, gl, bad_g = embed_labelled(m, gallery_dir, cache_dir, workers=workers, progress=progress)
+            metrics = retrieval_metrics(qv, ql, gv, gl, knn_k=knn_k)
+            bad = bad_q + bad_g
+        rows.append(EvalRow(name, metrics))
+        failed = failed or bad
+    return rows, failed
