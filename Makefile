@@ -24,9 +24,13 @@ demo: $(STAMP)
 	$(BIN)/imgembed search sample_queries/fish_altum_angelfish_01.png sample_queries/vehicles_1989_chevrolet_celebrit_01.png --index $(INDEX) -k 5
 	$(BIN)/imgembed classify sample_queries/*.png --index $(INDEX)
 	$(BIN)/imgembed compare sample_images/fruit/pear.png sample_images/fruit/pear_simple.png
+	@echo "--- train a head on sample_images, index with it, classify the same queries ---"
+	$(BIN)/imgembed train sample_images --out models/demo.pt --epochs 30 --cache .cache/features -q
+	$(BIN)/imgembed index sample_images --index indexes/demo-trained --model models/demo.pt -q
+	$(BIN)/imgembed classify sample_queries/*.png --index indexes/demo-trained
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) $(INDEX)/*.faiss $(INDEX)/*.sqlite* $(INDEX)/*.json
+	rm -rf $(VENV) .cache models/demo.pt* indexes/default indexes/demo-trained

@@ -297,7 +297,7 @@ def _metrics_line(metrics: dict) -> str:
 @click.option("--dim", type=click.IntRange(2, 4096), default=128, show_default=True, help="Embedding dimension.")
 @click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True,
               help="Projection head: Linear-BN-ReLU-Linear, or one Linear layer.")
-@click.option("--hidden", type=click.IntRange(2, 8192), default=512, show_default=True, help="Hidden width of the mlp head.")
+@click.option("--hidden", type=click.IntRange(2, 8192), default=1024, show_default=True, help="Hidden width of the mlp head.")
 @click.option("--loss", type=click.Choice(["triplet", "contrastive"]), default="triplet", show_default=True)
 @click.option("--margin", type=click.FloatRange(0, 2), default=0.2, show_default=True, help="Triplet margin (distance units).")
 @click.option("--miner", type=click.Choice(["batch-hard", "semi-hard", "all"]), default="batch-hard", show_default=True)
@@ -307,16 +307,16 @@ def _metrics_line(metrics: dict) -> str:
               help="Contrastive: negatives farther than this cost nothing.")
 @click.option("--classes-per-batch", type=click.IntRange(2), default=16, show_default=True)
 @click.option("--images-per-class", type=click.IntRange(2), default=4, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
-@click.option("--views", type=click.IntRange(1, 64), default=4, show_default=True,
+@click.option("--views", type=click.IntRange(1, 64), default=3, show_default=True,
               help="Frozen mode: cached views per image (1 plain + augmented ones).")
 @click.option("--finetune-blocks", type=click.IntRange(0), default=0, show_default=True,
               help="Also train the last N backbone stages on augmented images (slow on a CPU).")
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--split", "split_by", type=click.Choice(["images", "classes"]), default="images", show_default=True,
               help="Hold out a share of each class's images, or whole classes (open set).")
-@click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
+@click.option("--patience", type=click.IntRange(0), default=10, show_default=True,
               help="Stop after this many epochs without a better validation mAP@R (0: never).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")

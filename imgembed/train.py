@@ -44,7 +44,7 @@ class TrainConfig:
     weights: str = "imagenet"
     dim: int = 128
     head: str = "mlp"
-    hidden: int = 512
+    hidden: int = 1024
     loss: str = "triplet"
     margin: float = 0.2
     miner: str = "batch-hard"
@@ -52,14 +52,14 @@ class TrainConfig:
     neg_margin: float = 1.0
     classes_per_batch: int = 16
     images_per_class: int = 4
-    epochs: int = 30
+    epochs: int = 50
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    views: int = 4
+    views: int = 3
     finetune_blocks: int = 0
     val_split: float = 0.2
     split: str = "images"
-    patience: int = 5
+    patience: int = 10
     seed: int = 0
     batch_size: int = 64  # images per backbone forward pass when caching features
     workers: int | None = None

@@ -41,7 +41,7 @@ def test_checkpoint_is_self_describing_and_not_collapsed(trained, sample_files):
     for key in ("backbone", "weights", "weights_id", "head", "dim", "preprocess", "classes", "train_config",
                 "metrics", "baseline_metrics", "imgembed_version", "head_state"):
         assert key in ckpt, key
-    assert ckpt["head"] == {"type": "mlp", "hidden": 512, "dim": 128} and ckpt["backbone_state"] is None
+    assert ckpt["head"] == {"type": "mlp", "hidden": 1024, "dim": 128} and ckpt["backbone_state"] is None
     assert ckpt["classes"] == sorted(p.name for p in SAMPLES.iterdir() if p.is_dir())
     model = load_model(trained.checkpoint)
     v = embed(model, sample_files)
