@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 # layer start fast.
 
 __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "compare",
-           "index_info", "QueryResult", "Classification"]
+           "index_info", "rebuild_index", "QueryResult", "Classification"]
 
 Progress = Callable[[int, int], None]  # (done, total)
 Query = str | Path | Image.Image
@@ -149,13 +149,16 @@ def _plan(root: Path, store, prune: bool) -> _Plan:
 
 def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingModel | None" = None, *,
                  batch_size: int = 32, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 prune: bool = True, commit_every: int = 256, progress: Progress | None = None) -> IndexReport:
+                 prune: bool = True, commit_every: int = 256, index_type: str | None = None,
+                 progress: Progress | None = None) -> IndexReport:
     """Add ``folder``'s images to the index at ``index_dir``, creating it if needed.
 
     Files whose size and mtime match the stored row are not read again; changed files are
     re-embedded; rows of files that disappeared are removed when ``prune``. Undecodable files
     are recorded as skipped with a reason, and not retried until they change. Work is committed
     every ``commit_every`` images, so an interrupted run keeps what it had committed.
+    ``index_type`` (auto|flat|hnsw|ivfpq or a FAISS factory string) changes the index's type;
+    None keeps it (``auto`` for a new index).
     """
     from .embed import embed_files
 
@@ -165,7 +168,7 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     root = Path(folder).resolve()
     model = model or load_model()
     report = IndexReport(index=str(index_dir), root=str(root))
-    with ImageIndex.open_for_write(index_dir, model.identity, model.source) as idx:
+    with ImageIndex.open_for_write(index_dir, model.identity, model.source, index_type) as idx:
         plan = _plan(root, idx.store, prune)
         idx.store.forget_skipped(str(root), plan.vanished_bad)
         idx.commit(remove=plan.gone, skipped=plan.unstatable)
@@ -287,6 +290,17 @@ def compare(model: "EmbeddingModel", a: Query, b: Query, *, max_pixels: int = DE
     """Cosine similarity of two images' embeddings, in [-1, 1]."""
     va, vb = embed(model, [a, b], max_pixels=max_pixels)
     return float(np.dot(va, vb))
+
+
+def rebuild_index(index_dir: str | Path, index_type: str | None = None) -> dict:
+    """Rebuild the FAISS file from the stored vectors, optionally as another index type.
+
+    Returns the new ``manifest["faiss"]`` entry. Needs no model.
+    """
+    with ImageIndex.open_for_write(index_dir, None) as idx:
+        spec = idx.rebuild(index_type)
+        idx.save()
+        return spec.to_dict()
 
 
 def index_info(index_dir: str | Path) -> dict:

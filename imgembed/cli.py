@@ -119,9 +119,12 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Decoding processes [default: CPU cores - 1, at most 4].")
 @_max_pixels_option
 @click.option("--no-prune", is_flag=True, help="Keep entries of files that disappeared from FOLDER.")
+@click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|FACTORY",
+              help="FAISS index type [default: the index's own; auto for a new index].")
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index(folder, index_dir, model_name, weights, precision, batch_size, workers, max_pixels, no_prune, as_json, quiet):
+def index(folder, index_dir, model_name, weights, precision, batch_size, workers, max_pixels, no_prune, index_type,
+          as_json, quiet):
     """Embed the images under FOLDER into the index (sub-folder names become labels).
 
     Re-running is cheap: unchanged files are not read again, changed ones are re-embedded,
@@ -142,7 +145,8 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
 
     try:
         report = index_folder(folder, index_dir, model, batch_size=batch_size, workers=workers,
-                              max_pixels=_max_pixels(max_pixels), prune=not no_prune, progress=progress)
+                              max_pixels=_max_pixels(max_pixels), prune=not no_prune, index_type=index_type,
+                              progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -237,7 +241,10 @@ def info(index_dir, as_json):
     click.echo(f"index:    {data['index']} ({data['size_bytes'] / 1e6:.1f} MB, format v{m['format_version']})")
     click.echo(f"model:    {model['backbone']} ({model['weights']}"
                + (f", checkpoint {model['checkpoint']}" if model.get("checkpoint") else "")
-               + f"), {model['dim']}-d, FAISS {m['faiss']['factory']}")
+               + f"), {model['dim']}-d")
+    f = m["faiss"]
+    click.echo(f"vectors:  {f.get('index_type', 'flat')}: FAISS {f['factory']}"
+               + (f" ({f['params']})" if f.get("params") else ""))
     click.echo(f"roots:    {', '.join(m.get('roots', [])) or '-'}")
     click.echo(f"updated:  {m.get('updated_at', '-')}")
     click.echo(f"images:   {data['images']}")
@@ -410,6 +417,24 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
                    + f"  {r.metrics['queries']:>7}")
     for path, reason in failed:
         click.echo(f"skipped {path}: {reason}")
+
+
+@main.command()
+@_index_option
+@click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|FACTORY",
+              help="Rebuild as this type [default: the index's own].")
+@_json_option
+def rebuild(index_dir, index_type, as_json):
+    """Rebuild the FAISS file from the vectors stored in the index (no images are read)."""
+    from .api import rebuild_index
+
+    started = time.perf_counter()
+    spec = rebuild_index(index_dir, index_type)
+    if as_json:
+        _emit_json(spec)
+    else:
+        click.echo(f"rebuilt {index_dir} as {spec['index_type']}: FAISS {spec['factory']}"
+                   + (f" ({spec['params']})" if spec["params"] else "") + f" in {time.perf_counter() - started:.1f} s")
 
 
 @main.command()

@@ -78,6 +78,7 @@ class ImageIndex:
         self.manifest = manifest
         self.store = store
         self.faiss = faiss_index
+        self._stale = 0  # rows removed from SQLite but still in FAISS; save() rebuilds
 
     # -- opening -------------------------------------------------------------------------
 
@@ -89,7 +90,7 @@ class ImageIndex:
         _check_model(directory, manifest, model_identity)
         store = MetadataStore(directory / DATABASE)
         try:
-            faiss_index = vectors.load(directory / FAISS_FILE)
+            faiss_index = vectors.load(directory / FAISS_FILE, _spec(manifest).params)
             problem = _consistency_problem(manifest, store, faiss_index)
             if problem:
                 raise IndexCorruptError(f"{directory / FAISS_FILE}: {problem}; re-run `imgembed index` "
@@ -100,25 +101,32 @@ class ImageIndex:
         return cls(directory, manifest, store, faiss_index)
 
     @classmethod
-    def open_for_write(cls, directory: str | Path, model_identity: dict, model_source: dict,
-                       factory: str = vectors.DEFAULT_FACTORY) -> "ImageIndex":
-        """Open or create. A missing or out-of-step FAISS file is rebuilt from SQLite."""
+    def open_for_write(cls, directory: str | Path, model_identity: dict | None, model_source: dict | None = None,
+                       index_type: str | None = None) -> "ImageIndex":
+        """Open or create. A missing or out-of-step FAISS file is rebuilt from SQLite.
+
+        ``index_type`` (see :mod:`imgembed.vectors`) applies from the next :meth:`save`; None
+        keeps the index's own (``auto`` for a new one).
+        """
         directory = Path(directory)
         if (directory / MANIFEST).exists():
             manifest = read_manifest(directory)
             _check_model(directory, manifest, model_identity)
             store = MetadataStore(directory / DATABASE)
+        elif model_identity is None:
+            raise IndexNotFoundError(f"no imgembed index in {directory} ({MANIFEST} missing); "
+                                     f"build one with: imgembed index FOLDER --index {directory}")
         else:
             directory.mkdir(parents=True, exist_ok=True)
+            spec = vectors.choose(index_type or "auto", 0, int(model_identity["dim"]))
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "created_at": _now(),
-                "model": model_identity, "model_source": model_source,
-                "faiss": {"factory": factory, "metric": "inner_product"},
+                "model": model_identity, "model_source": model_source, "faiss": spec.to_dict(),
             }
             store = MetadataStore(directory / DATABASE, create=True)
         try:
             try:
-                faiss_index = vectors.load(directory / FAISS_FILE)
+                faiss_index = vectors.load(directory / FAISS_FILE, _spec(manifest).params)
                 stale = _consistency_problem(manifest, store, faiss_index) is not None
             except IndexCorruptError:
                 stale = True
@@ -128,6 +136,8 @@ class ImageIndex:
             store.close()
             raise
         index = cls(directory, manifest, store, faiss_index)
+        if index_type is not None and index_type != _spec(manifest).index_type:
+            index.manifest["faiss"] = {**manifest["faiss"], "index_type": index_type}
         if stale:
             index.save()
         return index
@@ -152,10 +162,10 @@ class ImageIndex:
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """For each row of ``queries`` (q, dim), up to ``k`` hits, best first."""
-        scores, ids = vectors.search(self.faiss, queries, k)
+        scores, ids = vectors.search(self.faiss, queries, k + self._stale)  # stale ids are skipped
         rows = self.store.rows_by_id(i for i in ids.ravel() if i >= 0)
         return [[Hit(rank, float(s), rows[int(i)]) for rank, (s, i) in enumerate(
-                    ((s, i) for s, i in zip(srow, irow) if i >= 0 and int(i) in rows), start=1)]
+                    [(s, i) for s, i in zip(srow, irow) if i >= 0 and int(i) in rows][:k], start=1)]
                 for srow, irow in zip(scores, ids)]
 
     # -- writing -------------------------------------------------------------------------
@@ -164,13 +174,32 @@ class ImageIndex:
         """Apply a chunk to SQLite (one transaction), then to the in-memory FAISS index."""
         remove = list(remove)
         ids = self.store.commit(remove=remove, add=add, skipped=skipped)
-        vectors.remove(self.faiss, remove)
+        if remove and vectors.supports_removal(self.faiss):
+            vectors.remove(self.faiss, remove)
+        elif remove:
+            self._stale += len(remove)  # searches skip the removed ids (no row); save() rebuilds
         if add:
             vectors.add(self.faiss, np.asarray(ids, np.int64), np.stack([a.vector for a in add]))
         return ids
 
+    def rebuild(self, index_type: str | None = None) -> vectors.IndexSpec:
+        """Rebuild the FAISS index from the stored vectors, as ``index_type`` (default: its own)."""
+        spec = vectors.choose(index_type or _spec(self.manifest).index_type, self.store.count(), self.dim)
+        self.manifest["faiss"] = spec.to_dict()
+        self.faiss = _rebuild(self.manifest, self.store)
+        self._stale = 0
+        return spec
+
     def save(self) -> None:
-        """Write the FAISS file, then the manifest, each atomically."""
+        """Write the FAISS file, then the manifest, each atomically.
+
+        First rebuilds the FAISS index when it holds removed rows, or when its type calls for
+        another structure at the current size (``auto`` growing from flat to hnsw to ivfpq).
+        """
+        current = _spec(self.manifest)
+        wanted = vectors.choose(current.index_type, self.store.count(), self.dim)
+        if self._stale or wanted.factory != current.factory:
+            self.rebuild()
         vectors.save(self.faiss, self.directory / FAISS_FILE)
         labels = self.store.labels()
         self.manifest.update({
@@ -201,12 +230,17 @@ def _consistency_problem(manifest: dict, store: MetadataStore, faiss_index) -> s
     return None
 
 
+def _spec(manifest: dict) -> vectors.IndexSpec:
+    return vectors.IndexSpec.from_dict(manifest["faiss"])
+
+
 def _rebuild(manifest: dict, store: MetadataStore):
     dim = int(manifest["model"]["dim"])
-    factory = manifest["faiss"]["factory"]
+    spec = _spec(manifest)
     parts = list(store.iter_vectors())
     if not parts:
-        return vectors.new_index(dim, factory)
+        empty = vectors.new_index(dim, spec.factory)
+        return empty if empty.is_trained else vectors.new_index(dim, vectors.DEFAULT_FACTORY)
     ids = np.concatenate([p[0] for p in parts])
     vecs = np.concatenate([p[1] for p in parts])
-    return vectors.build_index(dim, ids, vecs, factory)
+    return vectors.build_index(dim, ids, vecs, spec.factory, params=spec.params)

@@ -1,0 +1,87 @@
+"""What else speeds up the forward pass? Each option side by side with imgembed's current path.
+
+    .venv/bin/python bench/forward_options.py
+
+Forward throughput (images/s) on a pre-made batch at 224 px, for: the current path (folded
+BatchNorm, channels_last, bf16 where native), batch sizes 16/32/64/128, torch.compile
+(inductor, with and without max-autotune-no-cudagraphs and freezing), TorchScript trace +
+freeze, and oneDNN graph fusion (torch.jit.enable_onednn_fusion). Options that fail are
+reported as such.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from imgembed.model import load_model
+from imgembed.precision import autocast, resolve
+
+
+def rate(fn, batch, repeats=3) -> float:
+    fn(batch)
+    fn(batch)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(batch)
+    return len(batch) * repeats / (time.perf_counter() - start)
+
+
+def main() -> None:
+    precision = resolve("auto")
+    model = load_model(precision=precision)
+    print(f"precision {precision}, threads {torch.get_num_threads()}")
+
+    def current(x):
+        with torch.inference_mode(), autocast(precision):
+            return model(x)
+
+    rows = []
+    for bs in (16, 32, 64, 128):
+        x = torch.randn(bs, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+        rows.append((f"current path, batch {bs}", rate(current, x)))
+    x = torch.randn(64, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    base = rows[2][1]
+
+    for name, kwargs in (("torch.compile (inductor)", {}),
+                         ("torch.compile max-autotune-no-cudagraphs", {"mode": "max-autotune-no-cudagraphs"})):
+        try:
+            compiled = torch.compile(model, **kwargs)
+
+            def run(x, compiled=compiled):
+                with torch.inference_mode(), autocast(precision):
+                    return compiled(x)
+            start = time.perf_counter()
+            run(x)
+            warm = time.perf_counter() - start
+            rows.append((f"{name} (compile {warm:.0f} s)", rate(run, x)))
+        except Exception as e:  # noqa: BLE001 - report and go on
+            rows.append((f"{name}: failed ({type(e).__name__})", 0.0))
+
+    try:
+        with torch.inference_mode(), autocast(precision):
+            traced = torch.jit.freeze(torch.jit.trace(model.eval(), x[:2]))
+
+        def run_traced(x):
+            with torch.inference_mode(), autocast(precision):
+                return traced(x)
+        rows.append(("TorchScript trace + freeze", rate(run_traced, x)))
+        torch.jit.enable_onednn_fusion(True)
+        with torch.inference_mode(), autocast(precision):
+            fused = torch.jit.freeze(torch.jit.trace(model.eval(), x[:2]))
+
+        def run_fused(x):
+            with torch.inference_mode(), autocast(precision):
+                return fused(x)
+        rows.append(("TorchScript + oneDNN graph fusion", rate(run_fused, x)))
+        torch.jit.enable_onednn_fusion(False)
+    except Exception as e:  # noqa: BLE001
+        rows.append((f"TorchScript: failed ({type(e).__name__}: {str(e)[:60]})", 0.0))
+
+    for name, r in rows:
+        print(f"{name:<58} {r:7.1f} images/s  {r / base:4.2f}x")
+
+
+if __name__ == "__main__":
+    main()
