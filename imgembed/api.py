@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,10 @@ from PIL import Image
 
 from . import knn
 from .errors import ImageLoadError, InputError, NoLabelsError
-from .files import iter_images
+from .files import content_hash, iter_images
 from .images import DEFAULT_MAX_PIXELS, read_image
 from .index import Hit, ImageIndex, read_manifest
-from .store import NewImage, Skipped
+from .store import NewImage, Skipped, from_db
 
 if TYPE_CHECKING:
     from .model import EmbeddingModel
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 # layer start fast.
 
 __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "compare",
-           "index_info", "rebuild_index", "QueryResult", "Classification"]
+           "index_info", "rebuild_index", "remove_paths", "check_index", "QueryResult", "Classification"]
 
 Progress = Callable[[int, int], None]  # (done, total)
 Query = str | Path | Image.Image
@@ -77,6 +78,7 @@ class IndexReport:
     root: str
     added: int = 0
     updated: int = 0
+    moved: int = 0
     removed: int = 0
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
@@ -94,7 +96,7 @@ class IndexReport:
     def to_dict(self) -> dict:
         return {
             "index": self.index, "root": self.root, "added": self.added, "updated": self.updated,
-            "removed": self.removed, "unchanged": self.unchanged, "total": self.total,
+            "moved": self.moved, "removed": self.removed, "unchanged": self.unchanged, "total": self.total,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "elapsed_s": round(self.elapsed_s, 3), "images_per_s": round(self.images_per_s, 2),
         }
@@ -112,6 +114,8 @@ class _Plan:
     todo: list[tuple[Path, str, int, int]] = field(default_factory=list)  # (path, relative, bytes, mtime_ns)
     replaces: dict[str, int] = field(default_factory=dict)  # relative path -> id of the row it replaces
     gone: list[int] = field(default_factory=list)  # ids of rows whose files disappeared
+    moves: list[tuple[int, str, str | None, int]] = field(default_factory=list)  # (id, new path, label, mtime_ns)
+    touches: list[tuple[int, int]] = field(default_factory=list)  # (id, mtime_ns): same bytes, new mtime
     unchanged: int = 0
     still_bad: list[Skipped] = field(default_factory=list)  # known failures, file unchanged
     unstatable: list[Skipped] = field(default_factory=list)
@@ -141,22 +145,63 @@ def _plan(root: Path, store, prune: bool) -> _Plan:
             if row is not None:
                 plan.replaces[rel] = row.id
             plan.todo.append((path, rel, *stamp))
+    gone = {rel: row for rel, row in existing.items() if rel not in seen}
+    _confirm_by_hash(plan, existing, gone)
     if prune:
-        plan.gone = [row.id for rel, row in existing.items() if rel not in seen]
+        plan.gone = [row.id for row in gone.values()]
     plan.vanished_bad = [p for p in known_bad if p not in seen]
     return plan
+
+
+def _file_hash(path: Path) -> str | None:
+    try:
+        return content_hash(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _confirm_by_hash(plan: _Plan, existing: dict, gone: dict) -> None:
+    """Take out of ``plan.todo`` what needs no embedding: files whose mtime changed but whose bytes
+    did not (touched), and new paths holding the bytes of a vanished row (moved or renamed).
+    Only files that may match are read, and reading is far cheaper than decoding."""
+    by_content: dict[tuple[str, int], list] = {}
+    for row in gone.values():
+        by_content.setdefault((row.hash, row.bytes), []).append(row)
+    todo = []
+    for item in plan.todo:
+        path, rel, size, mtime = item
+        row = existing.get(rel)
+        if row is not None and row.bytes == size and _file_hash(path) == row.hash:
+            plan.touches.append((row.id, mtime))
+            plan.replaces.pop(rel, None)
+            continue
+        if row is None and any(key[1] == size for key in by_content):
+            matches = by_content.get((_file_hash(path), size))
+            if matches:
+                old = matches.pop()
+                gone.pop(old.path)
+                plan.moves.append((old.id, rel, _label_of(rel), mtime))
+                continue
+        todo.append(item)
+    plan.todo = todo
 
 
 def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingModel | None" = None, *,
                  batch_size: int = 32, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  prune: bool = True, commit_every: int = 256, index_type: str | None = None,
+                 wait: bool = False, decode_timeout: float = 30.0, publish_every_s: float = 60.0,
                  progress: Progress | None = None) -> IndexReport:
     """Add ``folder``'s images to the index at ``index_dir``, creating it if needed.
 
     Files whose size and mtime match the stored row are not read again; changed files are
     re-embedded; rows of files that disappeared are removed when ``prune``. Undecodable files
     are recorded as skipped with a reason, and not retried until they change. Work is committed
-    every ``commit_every`` images, so an interrupted run keeps what it had committed.
+    every ``commit_every`` images, so an interrupted run keeps what it had committed, and the
+    FAISS file is re-published at least every ``publish_every_s`` seconds for concurrent readers.
+    Files whose mtime changed but whose content did not are not re-embedded, and a file moved or
+    renamed within the folder keeps its vector. A decode that takes longer than
+    ``decode_timeout`` seconds is abandoned and the file skipped. Only one process writes to an
+    index at a time: :class:`IndexLockedError` names the holder, unless ``wait``.
     ``index_type`` (auto|flat|hnsw|ivfpq or a FAISS factory string) changes the index's type;
     None keeps it (``auto`` for a new index).
     """
@@ -168,25 +213,33 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     root = Path(folder).resolve()
     model = model or load_model()
     report = IndexReport(index=str(index_dir), root=str(root))
-    with ImageIndex.open_for_write(index_dir, model.identity, model.source, index_type) as idx:
+    with ImageIndex.open_for_write(index_dir, model.identity, model.source, index_type, wait=wait) as idx:
         plan = _plan(root, idx.store, prune)
         idx.store.forget_skipped(str(root), plan.vanished_bad)
-        idx.commit(remove=plan.gone, skipped=plan.unstatable)
-        report.unchanged, report.removed = plan.unchanged, len(plan.gone)
+        idx.commit(remove=plan.gone, skipped=plan.unstatable, moves=plan.moves, touches=plan.touches)
+        report.unchanged, report.removed = plan.unchanged + len(plan.touches), len(plan.gone)
+        report.moved = len(plan.moves)
         report.skipped = [(s.full_path, s.reason) for s in plan.still_bad + plan.unstatable]
 
         add: list[NewImage] = []
         bad: list[Skipped] = []
         remove: list[int] = []
 
+        published = time.monotonic()
+
         def flush() -> None:
+            nonlocal published
             idx.commit(remove=remove, add=add, skipped=bad)
             add.clear(), bad.clear(), remove.clear()
+            if time.monotonic() - published > publish_every_s:
+                idx.save()
+                published = time.monotonic()
 
         try:
             done = 0
             paths = [t[0] for t in plan.todo]
-            for batch in embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels):
+            for batch in embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                                     decode_timeout=decode_timeout):
                 for pos, info, vector in zip(batch.ok, batch.info, batch.vectors):
                     path, rel, size, mtime = plan.todo[pos]
                     add.append(NewImage(str(root), rel, _label_of(rel), size, mtime, info.hash,
@@ -292,12 +345,61 @@ def compare(model: "EmbeddingModel", a: Query, b: Query, *, max_pixels: int = DE
     return float(np.dot(va, vb))
 
 
-def rebuild_index(index_dir: str | Path, index_type: str | None = None) -> dict:
+def remove_paths(index_dir: str | Path, paths: Sequence[str | Path], *, wait: bool = False) -> dict:
+    """Drop the entries of files, or of everything under folders, from the index.
+
+    Paths are matched by their absolute form; the files need not exist any more. Returns
+    ``{"removed": images, "forgotten_skipped": skipped entries}``.
+    """
+    with ImageIndex.open_for_write(index_dir, None, wait=wait) as idx:
+        ids: set[int] = set()
+        forgotten = 0
+        for p in paths:
+            full = os.path.abspath(p)
+            ids.update(idx.store.ids_under(full))
+            forgotten += idx.store.forget_skipped_under(full)
+        idx.commit(remove=sorted(ids))
+        idx.save()
+        return {"removed": len(ids), "forgotten_skipped": forgotten}
+
+
+def _escapes(relative: str) -> bool:
+    return relative.startswith("/") or ".." in relative.split("/")
+
+
+def check_index(index_dir: str | Path, *, repair: bool = False, wait: bool = False) -> dict:
+    """Check that the FAISS file and SQLite agree (counts, ids, dimension) and that every stored
+    path stays inside its root; with ``repair``, rebuild the FAISS file from the stored vectors.
+
+    Returns ``{"index", "images", "problems": [...], "repaired": bool}``.
+    """
+    problems = []
+    with ImageIndex.open(index_dir) as idx:
+        if idx.problem:
+            problems.append(idx.problem)
+        for row_id, rel in idx.store.db.execute("SELECT id, path FROM images"):
+            if _escapes(from_db(rel)):
+                problems.append(f"row {row_id}: path {from_db(rel)!r} escapes its root")
+        images = idx.store.count()
+    repaired = False
+    if repair and problems:
+        with ImageIndex.open_for_write(index_dir, None, wait=wait) as idx:
+            bad = [row_id for row_id, rel in idx.store.db.execute("SELECT id, path FROM images")
+                   if _escapes(from_db(rel))]
+            idx.commit(remove=bad)
+            idx.rebuild()
+            idx.save()
+            images = idx.store.count()
+        repaired = True
+    return {"index": str(index_dir), "images": images, "problems": problems, "repaired": repaired}
+
+
+def rebuild_index(index_dir: str | Path, index_type: str | None = None, *, wait: bool = False) -> dict:
     """Rebuild the FAISS file from the stored vectors, optionally as another index type.
 
     Returns the new ``manifest["faiss"]`` entry. Needs no model.
     """
-    with ImageIndex.open_for_write(index_dir, None) as idx:
+    with ImageIndex.open_for_write(index_dir, None, wait=wait) as idx:
         spec = idx.rebuild(index_type)
         idx.save()
         return spec.to_dict()
@@ -314,4 +416,5 @@ def index_info(index_dir: str | Path) -> dict:
             "labels": {(k if k is not None else ""): v for k, v in labels.items()},
             "skipped": [{"path": s.full_path, "reason": s.reason} for s in idx.store.skipped()],
             "size_bytes": sum(f.stat().st_size for f in Path(index_dir).iterdir() if f.is_file()),
+            "problem": idx.problem,
         }

@@ -64,6 +64,7 @@ def _model_options(default_model: str | None):
 
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
+_wait_option = click.option("--wait", is_flag=True, help="If another process is writing this index, wait for it.")
 _max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default=None,
                                   help="Reject larger images as likely decompression bombs [default: 150,000,000].")
 _queries = click.argument("queries", nargs=-1, required=True,
@@ -87,11 +88,20 @@ def _searcher(index_dir: str, model_name: str | None, weights: str, precision: s
     from .api import Searcher
 
     model = _load_model(model_name, weights, precision) if model_name else None
-    return Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels), precision=precision)
+    searcher = Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels), precision=precision)
+    _warn_problem(searcher.index.problem, index_dir)
+    return searcher
+
+
+def _warn_problem(problem: str | None, index_dir: str) -> None:
+    if problem:
+        click.echo(f"warning: {problem}; used a copy rebuilt in memory from the stored vectors; "
+                   f"`imgembed check --repair --index {index_dir}` fixes the file", err=True)
 
 
 def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    # ASCII escapes keep the output valid UTF-8 JSON even for file names that are not UTF-8
+    click.echo(json.dumps(data, indent=2))
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,6 +118,9 @@ def main(ctx: click.Context, debug: bool) -> None:
       imgembed compare a.jpg b.jpg     cosine similarity of two images
     """
     ctx.ensure_object(dict)["debug"] = debug
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their own bytes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
 
 
 @main.command()
@@ -121,10 +134,15 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--no-prune", is_flag=True, help="Keep entries of files that disappeared from FOLDER.")
 @click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|FACTORY",
               help="FAISS index type [default: the index's own; auto for a new index].")
+@click.option("--commit-every", type=click.IntRange(1), default=256, show_default=True,
+              help="Images per committed chunk: an interrupted run keeps every finished chunk.")
+@click.option("--decode-timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+              help="Seconds one image may take to decode before it is skipped.")
+@_wait_option
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def index(folder, index_dir, model_name, weights, precision, batch_size, workers, max_pixels, no_prune, index_type,
-          as_json, quiet):
+          commit_every, decode_timeout, wait, as_json, quiet):
     """Embed the images under FOLDER into the index (sub-folder names become labels).
 
     Re-running is cheap: unchanged files are not read again, changed ones are re-embedded,
@@ -146,6 +164,7 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
     try:
         report = index_folder(folder, index_dir, model, batch_size=batch_size, workers=workers,
                               max_pixels=_max_pixels(max_pixels), prune=not no_prune, index_type=index_type,
+                              commit_every=commit_every, decode_timeout=decode_timeout, wait=wait,
                               progress=progress)
     finally:
         if bar is not None:
@@ -158,7 +177,7 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
                    f"{report.elapsed_s:.1f} s ({report.images_per_s:.1f} images/s)")
     else:
         click.echo(f"indexed {report.root} into {report.index}: nothing new to embed ({report.elapsed_s:.1f} s)")
-    click.echo(f"  added {report.added}, updated {report.updated}, removed {report.removed}, "
+    click.echo(f"  added {report.added}, updated {report.updated}, moved {report.moved}, removed {report.removed}, "
                f"unchanged {report.unchanged}, skipped {len(report.skipped)}; {report.total} images in the index")
     for path, reason in report.skipped:
         click.echo(f"  skipped {path}: {reason}")
@@ -233,6 +252,7 @@ def info(index_dir, as_json):
     from .api import index_info
 
     data = index_info(index_dir)
+    _warn_problem(data["problem"], index_dir)
     if as_json:
         _emit_json(data)
         return
@@ -423,18 +443,58 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
 @_index_option
 @click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|FACTORY",
               help="Rebuild as this type [default: the index's own].")
+@_wait_option
 @_json_option
-def rebuild(index_dir, index_type, as_json):
+def rebuild(index_dir, index_type, wait, as_json):
     """Rebuild the FAISS file from the vectors stored in the index (no images are read)."""
     from .api import rebuild_index
 
     started = time.perf_counter()
-    spec = rebuild_index(index_dir, index_type)
+    spec = rebuild_index(index_dir, index_type, wait=wait)
     if as_json:
         _emit_json(spec)
     else:
         click.echo(f"rebuilt {index_dir} as {spec['index_type']}: FAISS {spec['factory']}"
                    + (f" ({spec['params']})" if spec["params"] else "") + f" in {time.perf_counter() - started:.1f} s")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@_index_option
+@_wait_option
+@_json_option
+def remove(paths, index_dir, wait, as_json):
+    """Drop the entries of files, or of everything under folders, from the index."""
+    from .api import remove_paths
+
+    result = remove_paths(index_dir, paths, wait=wait)
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(f"removed {result['removed']} images (and {result['forgotten_skipped']} skipped entries) "
+                   f"from {index_dir}")
+
+
+@main.command()
+@_index_option
+@click.option("--repair", is_flag=True, help="Fix what is found: rebuild the FAISS file from the stored vectors.")
+@_wait_option
+@_json_option
+def check(index_dir, repair, wait, as_json):
+    """Check that the index's files agree with each other; exit 1 if they do not (and --repair is not given)."""
+    from .api import check_index
+
+    result = check_index(index_dir, repair=repair, wait=wait)
+    if as_json:
+        _emit_json(result)
+    else:
+        for problem in result["problems"]:
+            click.echo(f"problem: {problem}")
+        state = "repaired" if result["repaired"] else "ok" if not result["problems"] else \
+            "damaged; run `imgembed check --repair`"
+        click.echo(f"{index_dir}: {result['images']} images, {state}")
+    if result["problems"] and not result["repaired"]:
+        sys.exit(1)
 
 
 @main.command()

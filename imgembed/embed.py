@@ -6,7 +6,10 @@ cannot be decoded is reported in the batch's ``failed`` list and never stops the
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -43,19 +46,48 @@ class EmbeddedBatch:
     failed: list[tuple[int, str]] = field(default_factory=list)
 
 
+class _DecodeTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _DecodeTimeout
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Interrupt the enclosed decode after ``seconds`` (SIGALRM; only in a main thread, where
+    decoding workers run; elsewhere no limit applies)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class _Files(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], transform, min_side: int, max_pixels: int):
+    def __init__(self, paths: Sequence[Path], transform, min_side: int, max_pixels: int, timeout: float):
         self.paths, self.transform, self.min_side, self.max_pixels = paths, transform, min_side, max_pixels
+        self.timeout = timeout
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            loaded = read_image(self.paths[i], min_side=self.min_side, max_pixels=self.max_pixels)
-            return i, self.transform(loaded.image), FileInfo(loaded.width, loaded.height, loaded.hash), None
+            with _time_limit(self.timeout):
+                loaded = read_image(self.paths[i], min_side=self.min_side, max_pixels=self.max_pixels)
+                tensor = self.transform(loaded.image)
+            return i, tensor, FileInfo(loaded.width, loaded.height, loaded.hash), None
         except ImageLoadError as e:
             return i, None, None, str(e)
+        except _DecodeTimeout:
+            return i, None, None, f"decoding took longer than {self.timeout:g} s (stuck or hostile file)"
         except Exception as e:  # a decoder bug must not kill the run; report it like a bad file
             return i, None, None, f"cannot decode image: {type(e).__name__}: {e}"
 
@@ -76,12 +108,13 @@ def embed_tensor(model: EmbeddingModel, batch: torch.Tensor) -> np.ndarray:
 
 
 def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, batch_size: int = 32,
-                workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[EmbeddedBatch]:
+                workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                decode_timeout: float = 30.0) -> Iterator[EmbeddedBatch]:
     """Embed ``paths`` in order, yielding one :class:`EmbeddedBatch` per ``batch_size`` files."""
     if not paths:
         return
     workers = default_workers() if workers is None else workers
-    dataset = _Files(paths, model.preprocess.transform(), model.preprocess.resize, max_pixels)
+    dataset = _Files(paths, model.preprocess.transform(), model.preprocess.resize, max_pixels, decode_timeout)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
         prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -43,3 +43,7 @@ class NoLabelsError(IndexFileError):
 
 class InputError(ImgembedError):
     """A folder or query path given by the user does not exist or cannot be used."""
+
+
+class IndexLockedError(IndexFileError):
+    """Another process is writing to the index."""

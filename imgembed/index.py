@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__, vectors
 from .errors import IndexCorruptError, IndexNotFoundError, IndexVersionError, ModelMismatchError
+from .lock import WriterLock, writer_active
 from .store import ImageRow, MetadataStore, NewImage, Skipped
 
 FORMAT = "imgembed-index"
@@ -73,18 +74,29 @@ def describe_mismatch(expected: dict, actual: dict) -> str:
 class ImageIndex:
     """An open index. Open with :meth:`open` (read) or :meth:`open_for_write`; close when done."""
 
-    def __init__(self, directory: Path, manifest: dict, store: MetadataStore, faiss_index):
+    def __init__(self, directory: Path, manifest: dict, store: MetadataStore, faiss_index,
+                 lock: WriterLock | None = None, problem: str | None = None):
         self.directory = directory
         self.manifest = manifest
         self.store = store
         self.faiss = faiss_index
+        self.lock = lock
+        # Set when a reader found the FAISS file out of step with SQLite and no writer running
+        # (a crashed run): it then searches a copy rebuilt in memory, and says so here.
+        self.problem = problem
         self._stale = 0  # rows removed from SQLite but still in FAISS; save() rebuilds
 
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
     def open(cls, directory: str | Path, model_identity: dict | None = None) -> "ImageIndex":
-        """Open for reading; refuse a mismatched model or a FAISS file out of step with SQLite."""
+        """Open for reading, refusing a mismatched model or an unreadable file.
+
+        While a writer runs, the FAISS file may lag behind SQLite: searches see what it last
+        published, and skip rows deleted since. With no writer running, a FAISS file out of step
+        with SQLite (left by a killed run) is rebuilt in memory from the stored vectors and
+        :attr:`problem` says so; ``imgembed check --repair`` fixes the file.
+        """
         directory = Path(directory)
         manifest = read_manifest(directory)
         _check_model(directory, manifest, model_identity)
@@ -92,30 +104,42 @@ class ImageIndex:
         try:
             faiss_index = vectors.load(directory / FAISS_FILE, _spec(manifest).params)
             problem = _consistency_problem(manifest, store, faiss_index)
-            if problem:
-                raise IndexCorruptError(f"{directory / FAISS_FILE}: {problem}; re-run `imgembed index` "
-                                        "on the folder to rebuild it from the stored vectors")
+            if problem and not writer_active(directory):
+                problem = f"{directory / FAISS_FILE}: {problem}"
+                faiss_index = _rebuild(manifest, store)
+            else:
+                problem = None
         except BaseException:
             store.close()
             raise
-        return cls(directory, manifest, store, faiss_index)
+        return cls(directory, manifest, store, faiss_index, problem=problem)
 
     @classmethod
     def open_for_write(cls, directory: str | Path, model_identity: dict | None, model_source: dict | None = None,
-                       index_type: str | None = None) -> "ImageIndex":
-        """Open or create. A missing or out-of-step FAISS file is rebuilt from SQLite.
+                       index_type: str | None = None, *, wait: bool = False) -> "ImageIndex":
+        """Open or create, holding the writer lock (:class:`IndexLockedError` if another process
+        holds it, unless ``wait``). A missing or out-of-step FAISS file is rebuilt from SQLite.
 
         ``index_type`` (see :mod:`imgembed.vectors`) applies from the next :meth:`save`; None
         keeps the index's own (``auto`` for a new one).
         """
         directory = Path(directory)
+        if model_identity is None and not (directory / MANIFEST).exists():
+            raise IndexNotFoundError(f"no imgembed index in {directory} ({MANIFEST} missing); "
+                                     f"build one with: imgembed index FOLDER --index {directory}")
+        lock = WriterLock(directory).acquire(wait)
+        try:
+            return cls._open_locked(directory, model_identity, model_source, index_type, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, directory: Path, model_identity, model_source, index_type, lock) -> "ImageIndex":
         if (directory / MANIFEST).exists():
             manifest = read_manifest(directory)
             _check_model(directory, manifest, model_identity)
             store = MetadataStore(directory / DATABASE)
-        elif model_identity is None:
-            raise IndexNotFoundError(f"no imgembed index in {directory} ({MANIFEST} missing); "
-                                     f"build one with: imgembed index FOLDER --index {directory}")
         else:
             directory.mkdir(parents=True, exist_ok=True)
             spec = vectors.choose(index_type or "auto", 0, int(model_identity["dim"]))
@@ -135,7 +159,7 @@ class ImageIndex:
         except BaseException:
             store.close()
             raise
-        index = cls(directory, manifest, store, faiss_index)
+        index = cls(directory, manifest, store, faiss_index, lock=lock)
         if index_type is not None and index_type != _spec(manifest).index_type:
             index.manifest["faiss"] = {**manifest["faiss"], "index_type": index_type}
         if stale:
@@ -144,6 +168,9 @@ class ImageIndex:
 
     def close(self) -> None:
         self.store.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def __enter__(self) -> "ImageIndex":
         return self
@@ -170,10 +197,15 @@ class ImageIndex:
 
     # -- writing -------------------------------------------------------------------------
 
-    def commit(self, *, remove=(), add: list[NewImage] = (), skipped: list[Skipped] = ()) -> list[int]:
-        """Apply a chunk to SQLite (one transaction), then to the in-memory FAISS index."""
+    def commit(self, *, remove=(), add: list[NewImage] = (), skipped: list[Skipped] = (), moves=(),
+               touches=()) -> list[int]:
+        """Apply a chunk to SQLite (one transaction), then to the in-memory FAISS index.
+
+        ``moves`` ``(id, path, label, mtime_ns)`` and ``touches`` ``(id, mtime_ns)`` change only
+        metadata: the vectors stay.
+        """
         remove = list(remove)
-        ids = self.store.commit(remove=remove, add=add, skipped=skipped)
+        ids = self.store.commit(remove=remove, add=add, skipped=skipped, moves=moves, touches=touches)
         if remove and vectors.supports_removal(self.faiss):
             vectors.remove(self.faiss, remove)
         elif remove:

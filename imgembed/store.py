@@ -6,6 +6,7 @@ which the FAISS file can always be rebuilt. Row ids are the FAISS ids. This modu
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -94,6 +95,26 @@ class Skipped:
 _ROW_COLS = "id, root, path, label, bytes, mtime_ns, hash, width, height"
 
 
+def to_db(name: str | None):
+    """File names that are not valid UTF-8 (Python holds their bytes as surrogates) are stored as
+    BLOBs of the original bytes; SQLite columns accept either type."""
+    if name is None:
+        return None
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+
+
+def from_db(value):
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _row(r) -> ImageRow:
+    return ImageRow(r[0], from_db(r[1]), from_db(r[2]), from_db(r[3]), *r[4:])
+
+
 class MetadataStore:
     """A thin, typed layer over the SQLite file. Use as a context manager or call ``close``."""
 
@@ -138,13 +159,14 @@ class MetadataStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             q = f"SELECT {_ROW_COLS} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
-            out.update((r[0], ImageRow(*r)) for r in self.db.execute(q, chunk))
+            out.update((r[0], _row(r)) for r in self.db.execute(q, chunk))
         return out
 
     def rows_under(self, root: str) -> dict[str, ImageRow]:
         """Rows of one root, keyed by relative path."""
         q = f"SELECT {_ROW_COLS} FROM images WHERE root = ?"
-        return {r[2]: ImageRow(*r) for r in self.db.execute(q, (root,))}
+        rows = (_row(r) for r in self.db.execute(q, (to_db(root),)))
+        return {row.path: row for row in rows}
 
     def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(ids (n,) int64, vectors (n, d) float32)`` in id order."""
@@ -158,22 +180,22 @@ class MetadataStore:
 
     def labels(self) -> dict[str | None, int]:
         q = "SELECT label, COUNT(*) FROM images GROUP BY label ORDER BY label"
-        return {label: n for label, n in self.db.execute(q)}
+        return {from_db(label): n for label, n in self.db.execute(q)}
 
     def roots(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT DISTINCT root FROM images ORDER BY root")]
+        return [from_db(r[0]) for r in self.db.execute("SELECT DISTINCT root FROM images ORDER BY root")]
 
     def skipped(self, root: str | None = None) -> list[Skipped]:
         if root is None:
             rows = self.db.execute("SELECT * FROM skipped ORDER BY root, path")
         else:
-            rows = self.db.execute("SELECT * FROM skipped WHERE root = ? ORDER BY path", (root,))
-        return [Skipped(*r) for r in rows]
+            rows = self.db.execute("SELECT * FROM skipped WHERE root = ? ORDER BY path", (to_db(root),))
+        return [Skipped(from_db(r[0]), from_db(r[1]), *r[2:]) for r in rows]
 
     # -- writes ---------------------------------------------------------------------------
 
     def commit(self, *, remove: Iterable[int] = (), add: Iterable[NewImage] = (),
-               skipped: Iterable[Skipped] = ()) -> list[int]:
+               skipped: Iterable[Skipped] = (), moves: Iterable[tuple] = (), touches: Iterable[tuple] = ()) -> list[int]:
         """Apply one chunk of changes in a single transaction; return the new rows' ids.
 
         A path that is added stops being "skipped"; a skipped path loses no other row here,
@@ -183,18 +205,45 @@ class MetadataStore:
         ids = []
         with self.db:
             self.db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in remove])
+            self.db.executemany("UPDATE images SET path = ?, label = ?, mtime_ns = ? WHERE id = ?",
+                                [(to_db(path), to_db(label), mtime, int(i)) for i, path, label, mtime in moves])
+            self.db.executemany("UPDATE images SET mtime_ns = ? WHERE id = ?", [(m, int(i)) for i, m in touches])
             for im in add:
-                self.db.execute("DELETE FROM skipped WHERE root = ? AND path = ?", (im.root, im.path))
+                root, path = to_db(im.root), to_db(im.path)
+                self.db.execute("DELETE FROM skipped WHERE root = ? AND path = ?", (root, path))
                 cur = self.db.execute(
                     "INSERT INTO images (root, path, label, bytes, mtime_ns, hash, width, height, vector, indexed_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (im.root, im.path, im.label, im.bytes, im.mtime_ns, im.hash, im.width, im.height,
+                    (root, path, to_db(im.label), im.bytes, im.mtime_ns, im.hash, im.width, im.height,
                      np.ascontiguousarray(im.vector, dtype="<f4").tobytes(), now))
                 ids.append(cur.lastrowid)
             self.db.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?, ?)",
-                                [(s.root, s.path, s.reason, s.bytes, s.mtime_ns) for s in skipped])
+                                [(to_db(s.root), to_db(s.path), s.reason, s.bytes, s.mtime_ns) for s in skipped])
         return ids
+
+    def ids_under(self, path: str) -> list[int]:
+        """Ids of rows whose full path is ``path`` or lies under the folder ``path``."""
+        path = path.rstrip("/")
+        out = []
+        for row_id, root, rel in self.db.execute("SELECT id, root, path FROM images"):
+            full = f"{from_db(root).rstrip('/')}/{from_db(rel)}"
+            if full == path or full.startswith(path + "/"):
+                out.append(row_id)
+        return out
+
+    def forget_skipped_under(self, path: str) -> int:
+        path = path.rstrip("/")
+        gone = [(r, p) for r, p in self.db.execute("SELECT root, path FROM skipped")
+                if f"{from_db(r).rstrip('/')}/{from_db(p)}" == path
+                or f"{from_db(r).rstrip('/')}/{from_db(p)}".startswith(path + "/")]
+        self.forget(gone)
+        return len(gone)
+
+    def forget(self, entries: Iterable[tuple[str, str]]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM skipped WHERE root = ? AND path = ?", list(entries))
 
     def forget_skipped(self, root: str, paths: Iterable[str]) -> None:
         with self.db:
-            self.db.executemany("DELETE FROM skipped WHERE root = ? AND path = ?", [(root, p) for p in paths])
+            self.db.executemany("DELETE FROM skipped WHERE root = ? AND path = ?",
+                                [(to_db(root), to_db(p)) for p in paths])

@@ -1,0 +1,154 @@
+"""Incremental updates, several roots, remove/check/repair, the writer lock, and hostile files."""
+
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SAMPLES, run_cli, run_json
+from imgembed import vectors
+from imgembed.api import check_index, index_folder, remove_paths
+from imgembed.errors import IndexLockedError
+from imgembed.index import FAISS_FILE, ImageIndex
+from imgembed.lock import WriterLock
+
+
+def copy_classes(dest, *labels):
+    for label in labels:
+        shutil.copytree(SAMPLES / label, dest / label)
+    return dest
+
+
+def snapshot(index_dir):
+    """{full path: vector} of an index, read straight from its stored rows."""
+    with ImageIndex.open(index_dir) as idx:
+        rows = {r[0]: f"{r[1]}/{r[2]}" for r in idx.store.db.execute("SELECT id, root, path FROM images")}
+        out = {}
+        for ids, vecs in idx.store.iter_vectors():
+            out.update((rows[int(i)], v) for i, v in zip(ids, vecs))
+        return out
+
+
+def test_changes_between_runs_match_a_fresh_index(tmp_path, model):
+    folder = copy_classes(tmp_path / "photos", "fish", "fruit", "clocks")
+    index = tmp_path / "idx"
+    first = index_folder(folder, index, model, workers=0)
+    assert first.added == 30
+    os.rename(folder / "fish" / "dolphin.png", folder / "fish" / "renamed dolphin.png")  # renamed
+    (folder / "birds").mkdir()
+    os.rename(folder / "fruit" / "pear.png", folder / "birds" / "pear.png")  # moved to another label
+    (folder / "clocks" / "clock01.png").unlink()  # deleted
+    os.utime(folder / "clocks" / "clock05.png", (1, 1))  # touched, same bytes
+    Image.open(SAMPLES / "mammals" / "elephant_01.png").save(folder / "fruit" / "banana.png")  # edited
+    shutil.copy(SAMPLES / "bugs" / "ladybug_01.png", folder / "fish" / "new.png")  # added
+    report = index_folder(folder, index, model, workers=0)
+    counts = (report.added, report.updated, report.moved, report.removed, report.unchanged)
+    assert counts == (1, 1, 2, 1, 26), counts
+    fresh = tmp_path / "fresh"
+    index_folder(folder, fresh, model, workers=0)
+    a, b = snapshot(index), snapshot(fresh)
+    assert set(a) == set(b) and len(a) == 30
+    assert min(float(np.dot(a[k], b[k])) for k in a) > 0.9999
+    with ImageIndex.open(index) as idx:
+        labels = {r.path: r.label for r in idx.store.rows_under(str(folder.resolve())).values()}
+    assert labels["birds/pear.png"] == "birds"
+    again = index_folder(folder, index, model, workers=0)
+    assert (again.added, again.updated, again.moved, again.removed, again.unchanged) == (0, 0, 0, 0, 30)
+
+
+def test_pruning_one_root_never_touches_another(tmp_path, model):
+    a = copy_classes(tmp_path / "a", "fish")
+    b = copy_classes(tmp_path / "b", "fruit")
+    index = tmp_path / "idx"
+    index_folder(a, index, model, workers=0)
+    index_folder(b, index, model, workers=0)
+    shutil.rmtree(a / "fish")
+    report = index_folder(a, index, model, workers=0)
+    assert report.removed == 10 and report.total == 10
+    with ImageIndex.open(index) as idx:
+        assert idx.store.roots() == [str(b.resolve())]
+
+
+def test_remove_and_check_repair(tmp_path, model):
+    folder = copy_classes(tmp_path / "p", "fish", "fruit")
+    index = tmp_path / "idx"
+    index_folder(folder, index, model, workers=0)
+    assert remove_paths(index, [folder / "fish" / "dolphin.png"])["removed"] == 1
+    assert run_json("remove", folder / "fruit", "--index", index)["removed"] == 10
+    assert run_json("info", "--index", index)["images"] == 9
+    assert check_index(index)["problems"] == []
+    with ImageIndex.open(index) as idx:  # a crash between SQLite commits and the FAISS save
+        ids, vecs = next(idx.store.iter_vectors())
+    vectors.save(vectors.build_index(idx.dim, ids[:3], vecs[:3]), index / FAISS_FILE)
+    bad = run_cli("check", "--index", index, check=False)
+    assert bad.returncode == 1 and "holds 3 vectors but metadata.sqlite has 9 images" in bad.stdout
+    warned = run_cli("info", "--index", index)
+    assert "warning:" in warned.stderr and "check --repair" in warned.stderr
+    assert run_json("check", "--index", index, "--repair")["repaired"]
+    assert run_cli("check", "--index", index).stdout.strip().endswith("9 images, ok")
+
+
+def test_second_writer_is_refused_naming_the_holder_or_waits(tmp_path, model):
+    folder = copy_classes(tmp_path / "p", "fish")
+    index = tmp_path / "idx"
+    index_folder(folder, index, model, workers=0)
+    lock = WriterLock(index).acquire()
+    try:
+        with pytest.raises(IndexLockedError, match=rf"being written by PID {os.getpid()} .*--wait"):
+            index_folder(folder, index, model, workers=0)
+        refused = run_cli("index", folder, "--index", index, check=False)
+        assert refused.returncode == 1 and f"PID {os.getpid()}" in refused.stderr
+        threading.Timer(2.0, lock.release).start()
+        started = time.monotonic()
+        report = index_folder(folder, index, model, workers=0, wait=True)
+        assert time.monotonic() - started >= 1.5 and report.unchanged == 10
+    finally:
+        lock.release()
+    with ImageIndex.open(index) as idx:  # readers never need the lock
+        assert len(idx) == 10
+
+
+def test_hostile_files_are_skipped_with_reasons(tmp_path, model):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    photo = Image.open(SAMPLES / "fruit" / "orange_simple.png").convert("RGB")
+    photo.save(folder / "good.jpg", quality=90)
+    data = (folder / "good.jpg").read_bytes()
+    (folder / "cut in the middle.jpg").write_bytes(data[: len(data) // 2])
+    photo.save(folder / "bad_icc.jpg", icc_profile=b"\0garbage profile" * 8)
+    photo.save(folder / "bad_exif.jpg", exif=b"Exif\0\0II*\0\x08\0\0\0\xff\xff")
+    Image.new("RGB", (1, 1), "red").save(folder / "one_pixel.png")
+    Image.new("RGB", (20000, 10), "blue").save(folder / "very_wide.png")
+    Image.open(SAMPLES / "fish" / "dolphin.png").save(folder / "name with\nnewline.png")
+    Image.open(SAMPLES / "birds" / "rooster_01.png").save(os.fsdecode(bytes(folder) + b"/latin1-\xe9t\xe9.png"))
+    os.mkfifo(folder / "pipe.jpg")
+    report = index_folder(folder, tmp_path / "idx", model, workers=1)
+    skipped = {os.path.basename(p): reason for p, reason in report.skipped}
+    assert set(skipped) == {"cut in the middle.jpg"}, skipped
+    assert report.added == 7  # the FIFO is not a file: never opened, so it cannot block
+    hits = run_json("search", folder / "name with\nnewline.png", "--index", tmp_path / "idx", "-k", "1")
+    assert hits[0]["results"][0]["path"].endswith("name with\nnewline.png")
+
+
+def test_a_stuck_decode_is_skipped(tmp_path, monkeypatch, model):
+    from imgembed import embed as embed_module
+
+    folder = copy_classes(tmp_path / "p", "fish")
+    real = embed_module.read_image
+
+    def slow_for_dolphin(path, **kw):
+        if os.path.basename(path) == "dolphin.png":
+            time.sleep(30)
+        return real(path, **kw)
+
+    monkeypatch.setattr(embed_module, "read_image", slow_for_dolphin)
+    started = time.monotonic()
+    report = index_folder(folder, tmp_path / "idx", model, workers=0, decode_timeout=1.0)
+    assert time.monotonic() - started < 25
+    assert [(os.path.basename(p), r) for p, r in report.skipped] == [
+        ("dolphin.png", "decoding took longer than 1 s (stuck or hostile file)")]
+    assert report.added == 9
