@@ -122,7 +122,7 @@ def load_tensors_file(path: Path, what: str, hint: str):
     except Exception as e:
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
         # torch's weights-only refusal puts the reason (e.g. "Unsupported global: ...") on a later line
-        detail = next((line for line in lines if "Unsupported global" in line or "Unsupported operand" in line), lines[0])
+        detail = next((line for line in lines if "nsupported" in line and "GLOBAL" in line.upper()), lines[0])
         raise ModelError(f"{path}: not a loadable {what}, refused by weights-only loading "
                          f"({detail[:200]})") from None
     return obj, f"sha256:{digest}"

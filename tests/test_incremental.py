@@ -152,3 +152,53 @@ def test_a_stuck_decode_is_skipped(tmp_path, monkeypatch, model):
     assert [(os.path.basename(p), r) for p, r in report.skipped] == [
         ("dolphin.png", "decoding took longer than 1 s (stuck or hostile file)")]
     assert report.added == 9
+
+
+def test_vanished_file_and_escaping_paths_and_hostile_checkpoint(tmp_path, model):
+    import sqlite3
+
+    import torch
+
+    from imgembed.embed import embed_files
+    from imgembed.errors import ModelError
+    from imgembed.model import load_model
+
+    batch = next(embed_files(model, [tmp_path / "gone.png"], workers=0))
+    assert batch.failed == [(0, "cannot read file: No such file or directory")]
+
+    folder = copy_classes(tmp_path / "p", "fish")
+    index = tmp_path / "idx"
+    index_folder(folder, index, model, workers=0)
+    db = sqlite3.connect(index / "metadata.sqlite")
+    with db:
+        db.execute("UPDATE images SET path = '../../etc/passwd' WHERE id = 1")
+    db.close()
+    found = check_index(index)
+    assert any("escapes its root" in p for p in found["problems"])
+    repaired = check_index(index, repair=True)
+    assert repaired["repaired"] and repaired["images"] == 9 and check_index(index)["problems"] == []
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"format": "imgembed-checkpoint", "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ModelError, match="refused by weights-only loading.*(unsupported GLOBAL posix.system|Unsupported global)"):
+        load_model(str(tmp_path / "evil.pt"))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_thousand_files_with_five_percent_bad(tmp_path, model):
+    """A seeded folder of 1,000 files, about 5% broken: all good ones once, all bad ones named;
+    a second run finds everything unchanged. (bench/many_files.py does the same with 10,000.)"""
+    import sys
+
+    sys.path.insert(0, str(SAMPLES.parent / "bench"))
+    from many_files import make_folder
+
+    folder, good, bad = make_folder(tmp_path / "many", 1000, seed=7)
+    report = index_folder(folder, tmp_path / "idx", model, batch_size=64)
+    assert report.added == len(good) and {os.path.basename(p) for p, _ in report.skipped} == bad
+    assert 30 <= len(bad) <= 70
+    again = index_folder(folder, tmp_path / "idx", model)
+    assert (again.added, again.updated, again.unchanged, len(again.skipped)) == (0, 0, len(good), len(bad))
