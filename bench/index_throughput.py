@@ -20,6 +20,7 @@ and the cosine between baseline and imgembed embeddings in fp32 mode.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from skimage import data as skdata
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field", "immunohistochemistry"]
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field", "immunohistochemistry"]
 
 
 def make_photos(dest: Path, count: int) -> Path:
@@ -86,12 +87,14 @@ def baseline(files: list[Path]) -> tuple[float, np.ndarray]:
     return len(files) / (time.perf_counter() - start), np.concatenate(out)
 
 
-def imgembed_cli(folder: Path, n: int) -> float:
+def imgembed_cli(folder: Path, n: int) -> tuple[float, float]:
+    """(images/s of the whole process, images/s the run itself reports: start-up excluded)."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "imgembed"), "index", str(folder), "--index", tmp, "-q"],
-                       check=True, stdout=subprocess.DEVNULL)
-        return n / (time.perf_counter() - start)
+        out = subprocess.run([str(Path(sys.executable).parent / "imgembed"), "index", str(folder), "--index", tmp,
+                              "-q", "--json"], check=True, capture_output=True, text=True).stdout
+        whole = n / (time.perf_counter() - start)
+        return whole, json.loads(out)["images_per_s"]
 
 
 def ceiling(batch_size: int = 64) -> float:
@@ -134,7 +137,7 @@ def main() -> None:
     for name, folder in (("12 MP JPEG", photos), ("sample_images", ROOT / "sample_images")):
         files = files_of(folder)
         base_rate, base_vecs = baseline(files)
-        ours = imgembed_cli(folder, len(files))
+        ours, ours_run = imgembed_cli(folder, len(files))
         ours_fp32 = embed(load_model(precision="fp32"), files[:64])
         cos = np.sum(base_vecs[:64] * ours_fp32, axis=1)
         dec = decode_cost(files)
@@ -142,6 +145,8 @@ def main() -> None:
         print(f"  baseline (full decode, fp32, batch 32)   {base_rate:7.1f} images/s  1.00x")
         print(f"  imgembed index (whole process)           {ours:7.1f} images/s  {ours / base_rate:.2f}x  "
               f"({ours / ceil:.0%} of the forward ceiling)")
+        print(f"  imgembed index (its own run, no start-up) {ours_run:6.1f} images/s  {ours_run / base_rate:.2f}x  "
+              f"({ours_run / ceil:.0%} of the forward ceiling)")
         print(f"  per image: imgembed decode+preprocess {dec * 1e3:.1f} ms, forward {1e3 / ceil:.1f} ms; "
               f"embedding cosine baseline vs imgembed fp32: min {cos.min():.4f}, mean {cos.mean():.4f}")
 
