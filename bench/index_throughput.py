@@ -1,6 +1,6 @@
 """Indexing throughput: the plain baseline vs `imgembed index` vs the forward-pass ceiling.
 
-    .venv/bin/python bench/index_throughput.py [--photos 200]
+    .venv/bin/python bench/index_throughput.py [--photos 400]
 
 Builds its own data once under bench/data/: `photos12mp/`, JPEGs of 4000x3000 made by
 upscaling, cropping and colour-shifting the scikit-image photos with different seeds (quality
@@ -124,7 +124,7 @@ def decode_cost(files: list[Path]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, default=200)
+    parser.add_argument("--photos", type=int, default=400)
     args = parser.parse_args()
     from imgembed.api import embed
     from imgembed.model import load_model

@@ -129,7 +129,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @_model_options(DEFAULT_MODEL)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
-              help="Decoding processes [default: CPU cores - 1, at most 4].")
+              help="Decoding processes [default: one per CPU core, at most 4].")
 @_max_pixels_option
 @click.option("--no-prune", is_flag=True, help="Keep entries of files that disappeared from FOLDER.")
 @click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|FACTORY",

@@ -25,8 +25,9 @@ from .precision import autocast
 
 
 def default_workers() -> int:
-    """Decode workers: leave one core to the model, at most four."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    """Decode worker processes: one per core, at most four. On 2 cores, 12 MP JPEGs indexed at
+    30.4 images/s with 1 worker, 37.6 with 2 and 36.5 with 3 (`imgembed index --json`)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass
