@@ -30,7 +30,7 @@ from .errors import InputError, ModelError
 from .featcache import FeatureCache
 from .losses import MINERS, contrastive_loss, triplet_loss
 from .metrics import retrieval_metrics
-from .model import EmbeddingModel, build_head, load_model, save_checkpoint
+from .model import EmbeddingModel, load_model, save_checkpoint
 from .precision import autocast
 
 HEADS = ("mlp", "linear")

@@ -1,6 +1,5 @@
 """Faults and load: SIGKILL at random moments with resume, and readers running beside a writer."""
 
-import os
 import random
 import shutil
 import signal
@@ -8,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 from PIL import Image
 
 from conftest import ROOT, SAMPLES

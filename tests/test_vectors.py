@@ -38,7 +38,10 @@ def test_index_types_against_brute_force(kind):
 
 def test_choose_sizes_the_index_to_the_collection():
     assert vectors.choose("auto", 1000, 128).factory == "IDMap2,Flat"
+    assert vectors.choose("auto", 1_000_000, 128).factory == "IDMap2,IVF4096,PQ64x4fs,Refine(SQ8)"
     big = vectors.choose("auto", 10_000_000, 128)
+    assert big.factory == "IDMap2,IVF16384,PQ64x4fs,Refine(SQ8)" and big.params == "nprobe=512,k_factor_rf=64"
+    assert vectors.choose("hnsw", 10, 128).params == "efSearch=512"
     assert vectors.choose("ivfpq", 100, 128).factory == "IDMap2,Flat"  # too few to train
     assert vectors.choose("IVF64,Flat", 10_000, 128).factory == "IDMap2,IVF64,Flat"
     with pytest.raises(Exception, match="neither"):

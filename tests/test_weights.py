@@ -1,6 +1,5 @@
 """The default backbone carries real ImageNet weights, loaded offline; other weight sources work."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
