@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 # layer start fast.
 
 __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "compare",
-           "index_info", "rebuild_index", "remove_paths", "check_index", "QueryResult", "Classification"]
+           "index_info", "rebuild_index", "remove_paths", "check_index", "find_duplicates", "DuplicateGroup",
+           "QueryResult", "Classification"]
 
 Progress = Callable[[int, int], None]  # (done, total)
 Query = str | Path | Image.Image
@@ -361,6 +362,57 @@ def remove_paths(index_dir: str | Path, paths: Sequence[str | Path], *, wait: bo
         idx.commit(remove=sorted(ids))
         idx.save()
         return {"removed": len(ids), "forgotten_skipped": forgotten}
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Images that are near-duplicates of each other; ``scores[i]`` is image i's best
+    similarity to another member."""
+
+    rows: list
+    scores: list[float]
+
+    def to_dict(self) -> dict:
+        return {"size": len(self.rows), "images": [
+            {"path": r.full_path, "label": r.label, "score": round(s, 6)} for r, s in zip(self.rows, self.scores)]}
+
+
+def find_duplicates(index_dir: str | Path, threshold: float = 0.85, k: int = 10,
+                    progress: Progress | None = None) -> list[DuplicateGroup]:
+    """Groups of indexed images whose embeddings have cosine >= ``threshold``.
+
+    Each stored vector is searched for its ``k`` nearest neighbours through the FAISS index
+    (batches of 1,024, so memory stays O(batch x k), never N x N); pairs above the threshold are
+    joined with union-find, so a chain of near-duplicates forms one group. Largest groups first.
+    """
+    with ImageIndex.open(index_dir) as idx:
+        parent: dict[int, int] = {}
+        best: dict[int, float] = {}
+
+        def find(i: int) -> int:
+            while parent.setdefault(i, i) != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        total, done = len(idx), 0
+        for ids, vecs in idx.store.iter_vectors(batch=1024):
+            for i, hits in zip(ids, idx.search(vecs, k + 1)):
+                for h in hits:
+                    if h.row.id != i and h.score >= threshold:
+                        parent[find(int(i))] = find(h.row.id)
+                        best[int(i)] = max(best.get(int(i), -1.0), h.score)
+                        best[h.row.id] = max(best.get(h.row.id, -1.0), h.score)
+            done += len(ids)
+            if progress:
+                progress(done, total)
+        members: dict[int, list[int]] = {}
+        for i in best:
+            members.setdefault(find(i), []).append(i)
+        rows = idx.store.rows_by_id(best)
+    groups = [DuplicateGroup([rows[i] for i in sorted(m)], [best[i] for i in sorted(m)])
+              for m in members.values() if len(m) > 1]
+    return sorted(groups, key=lambda g: (-len(g.rows), g.rows[0].full_path))
 
 
 def _escapes(relative: str) -> bool:

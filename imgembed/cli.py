@@ -498,6 +498,33 @@ def check(index_dir, repair, wait, as_json):
 
 
 @main.command()
+@_index_option
+@click.option("--threshold", type=click.FloatRange(-1, 1), default=0.85, show_default=True,
+              help="Cosine similarity from which two images count as near-duplicates.")
+@click.option("-k", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Neighbours examined per image.")
+@_json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def duplicates(index_dir, threshold, k, as_json, quiet):
+    """Groups of near-duplicate images in the index (resized, recompressed, lightly edited copies)."""
+    from .api import find_duplicates
+
+    progress = _stage_bar(quiet)
+    try:
+        groups = find_duplicates(index_dir, threshold, k, progress=lambda d, t: progress("searching", d, t))
+    finally:
+        progress.close()
+    if as_json:
+        _emit_json([g.to_dict() for g in groups])
+        return
+    for n, g in enumerate(groups, 1):
+        click.echo(f"group {n}: {len(g.rows)} images")
+        for row, score in zip(g.rows, g.scores):
+            click.echo(f"  {score:.4f}  {row.full_path}")
+    click.echo(f"{len(groups)} groups, {sum(len(g.rows) for g in groups)} images at cosine >= {threshold}")
+
+
+@main.command()
 def models():
     """List the available backbones."""
     from .backbones import BACKBONES, DEFAULT_BACKBONE
