@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -65,6 +66,30 @@ def _model_options(default_model: str | None):
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
 _wait_option = click.option("--wait", is_flag=True, help="If another process is writing this index, wait for it.")
+
+
+def _html_options(f):
+    f = click.option("--open", "open_page", is_flag=True, help="Open the --html page in the default browser.")(f)
+    return click.option("--html", "html_file", type=click.Path(dir_okay=False),
+                        help="Also write a self-contained HTML page of the results (thumbnails embedded).")(f)
+
+
+def _write_page(html_file: str | None, page_html, open_page: bool) -> None:
+    """Write the page (built lazily by ``page_html()``) atomically, and open it when asked."""
+    if not html_file:
+        if open_page:
+            raise click.UsageError("--open needs --html FILE")
+        return
+    import os
+    import webbrowser
+
+    tmp = f"{html_file}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(page_html())
+    os.replace(tmp, html_file)
+    click.echo(f"wrote {html_file}", err=True)
+    if open_page and not webbrowser.open(Path(html_file).resolve().as_uri()):
+        click.echo("no browser found to open it", err=True)
 _max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default=None,
                                   help="Reject larger images as likely decompression bombs [default: 150,000,000].")
 _queries = click.argument("queries", nargs=-1, required=True,
@@ -189,11 +214,15 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
 @click.option("-k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Results per query.")
 @_model_options(None)
 @_max_pixels_option
+@_html_options
 @_json_option
-def search(queries, index_dir, k, model_name, weights, precision, max_pixels, as_json):
+def search(queries, index_dir, k, model_name, weights, precision, max_pixels, html_file, open_page, as_json):
     """Find the indexed images most similar to each QUERY image."""
     with _searcher(index_dir, model_name, weights, precision, max_pixels) as searcher:
         results = searcher.search(list(queries), k)
+    from .gallery import search_page
+
+    _write_page(html_file, lambda: search_page(results), open_page)
     if as_json:
         _emit_json([r.to_dict() for r in results])
         return
@@ -213,11 +242,15 @@ def search(queries, index_dir, k, model_name, weights, precision, max_pixels, as
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Neighbours that vote.")
 @_model_options(None)
 @_max_pixels_option
+@_html_options
 @_json_option
-def classify(queries, index_dir, k, model_name, weights, precision, max_pixels, as_json):
+def classify(queries, index_dir, k, model_name, weights, precision, max_pixels, html_file, open_page, as_json):
     """Label each QUERY image by a similarity-weighted vote of its k nearest indexed images."""
     with _searcher(index_dir, model_name, weights, precision, max_pixels) as searcher:
         results = searcher.classify(list(queries), k)
+    from .gallery import classify_page
+
+    _write_page(html_file, lambda: classify_page(results), open_page)
     if as_json:
         _emit_json([r.to_dict() for r in results])
         return
@@ -503,9 +536,10 @@ def check(index_dir, repair, wait, as_json):
               help="Cosine similarity from which two images count as near-duplicates.")
 @click.option("-k", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="Neighbours examined per image.")
+@_html_options
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def duplicates(index_dir, threshold, k, as_json, quiet):
+def duplicates(index_dir, threshold, k, html_file, open_page, as_json, quiet):
     """Groups of near-duplicate images in the index (resized, recompressed, lightly edited copies)."""
     from .api import find_duplicates
 
@@ -514,6 +548,9 @@ def duplicates(index_dir, threshold, k, as_json, quiet):
         groups = find_duplicates(index_dir, threshold, k, progress=lambda d, t: progress("searching", d, t))
     finally:
         progress.close()
+    from .gallery import duplicates_page
+
+    _write_page(html_file, lambda: duplicates_page(groups, threshold), open_page)
     if as_json:
         _emit_json([g.to_dict() for g in groups])
         return

@@ -56,3 +56,21 @@ def test_planted_duplicates_are_grouped(tmp_path, model):
     assert precision >= 0.95 and recall >= 0.85, (precision, recall)
     listed = run_json("duplicates", "--index", tmp_path / "idx")
     assert len(listed) == len(groups) and {"size", "images"} <= set(listed[0])
+
+
+def test_html_galleries_are_self_contained(tmp_path, sample_index):
+    import re
+
+    from conftest import QUERIES, run_cli
+
+    page = tmp_path / "results.html"
+    queries = sorted(QUERIES.glob("*.png"))[:2]
+    run_cli("search", *queries, "--index", sample_index, "-k", "4", "--html", page)
+    text = page.read_text()
+    images = re.findall(r'<img src="([^"]+)"', text)
+    assert len(images) == 2 * (1 + 4) and all(src.startswith("data:image/jpeg;base64,") for src in images)
+    assert text.count('<figure class="query">') == 2 and "#4 " in text and "file:" not in text
+    run_cli("classify", *queries, "--index", sample_index, "--html", page)
+    assert "confidence" in page.read_text() and page.read_text().count("<img") == 2 * (1 + 5)
+    usage = run_cli("search", queries[0], "--index", sample_index, "--open", check=False)
+    assert usage.returncode == 2 and "--open needs --html" in usage.stderr
