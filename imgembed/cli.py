@@ -442,10 +442,11 @@ def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, m
 @_cache_option
 @click.option("--workers", type=click.IntRange(0, 64), default=None)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@_html_options
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, knn_k, cache_dir, workers, precision,
-             as_json, quiet):
+             html_file, open_page, as_json, quiet):
     """Retrieval quality on a labelled folder (leave-one-out) or --query DIR against --gallery DIR:
     Precision@1, Recall@1/5/10, mAP@R and k-NN accuracy."""
     from .evaluate import evaluate as run_evaluation
@@ -460,6 +461,9 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
             progress=lambda d, t: progress("embedding", d, t))
     finally:
         progress.close()
+    from .gallery import evaluation_page
+
+    _write_page(html_file, lambda: evaluation_page(rows), open_page)
     if as_json:
         _emit_json({"results": [r.to_dict() for r in rows], "skipped": [{"path": p, "reason": r} for p, r in failed]})
         return

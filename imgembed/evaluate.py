@@ -25,6 +25,13 @@ from .model import EmbeddingModel, load_model
 class EvalRow:
     name: str
     metrics: dict
+    # for reports: the embedded images and what retrieval found for each query
+    query_paths: list | None = None
+    query_labels: np.ndarray | None = None
+    gallery_paths: list | None = None
+    gallery_labels: np.ndarray | None = None
+    query_vectors: np.ndarray | None = None
+    details: list | None = None
 
     def to_dict(self) -> dict:
         return {"model": self.name, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.metrics.items()}}
@@ -32,14 +39,15 @@ class EvalRow:
 
 def embed_labelled(model: EmbeddingModel, folder: str | Path, cache_dir: str | Path, *, workers: int | None = None,
                    batch_size: int = 64, progress: Callable[[int, int], None] | None = None):
-    """``(vectors (n, dim), class names (n,), failed [(path, reason)])`` for a labelled folder."""
+    """``(vectors (n, dim), class names (n,), failed [(path, reason)], paths (n,))`` for a labelled folder."""
     data, _ = scan_labelled(folder, min_per_class=1)
     got = FeatureCache(cache_dir, model).features(data.paths, 1, batch_size=batch_size, workers=workers,
                                                    progress=progress)
     with torch.no_grad():
         vectors = F.normalize(model.head.eval()(torch.from_numpy(got.features[:, 0])), dim=1).numpy()
     names = np.array(data.class_names(), dtype=object)[got.ok]
-    return vectors, names, [(str(data.paths[i]), r) for i, r in got.failed]
+    paths = [str(data.paths[i]) for i in got.ok]
+    return vectors, names, [(str(data.paths[i]), r) for i, r in got.failed], paths
 
 
 def baseline_of(model: EmbeddingModel) -> EmbeddingModel:
@@ -55,14 +63,17 @@ def evaluate(model: EmbeddingModel, *, cache_dir: str | Path, data_dir: str | Pa
         [(model.source.get("model", model.backbone_name), model)]
     rows, failed = [], []
     for name, m in models:
+        details: list = []
         if data_dir is not None:
-            v, labels, bad = embed_labelled(m, data_dir, cache_dir, workers=workers, progress=progress)
-            metrics = retrieval_metrics(v, labels, knn_k=knn_k)
+            v, labels, bad, paths = embed_labelled(m, data_dir, cache_dir, workers=workers, progress=progress)
+            metrics = retrieval_metrics(v, labels, knn_k=knn_k, details=details)
+            row = EvalRow(name, metrics, paths, labels, paths, labels, v, details)
         else:
-            qv, ql, bad_q = embed_labelled(m, query_dir, cache_dir, workers=workers, progress=progress)
-            gv, gl, bad_g = embed_labelled(m, gallery_dir, cache_dir, workers=workers, progress=progress)
-            metrics = retrieval_metrics(qv, ql, gv, gl, knn_k=knn_k)
+            qv, ql, bad_q, qp = embed_labelled(m, query_dir, cache_dir, workers=workers, progress=progress)
+            gv, gl, bad_g, gp = embed_labelled(m, gallery_dir, cache_dir, workers=workers, progress=progress)
+            metrics = retrieval_metrics(qv, ql, gv, gl, knn_k=knn_k, details=details)
+            row = EvalRow(name, metrics, qp, ql, gp, gl, qv, details)
             bad = bad_q + bad_g
-        rows.append(EvalRow(name, metrics))
+        rows.append(row)
         failed = failed or bad
     return rows, failed

@@ -21,9 +21,12 @@ from .knn import vote
 
 
 def retrieval_metrics(queries: np.ndarray, query_labels, gallery: np.ndarray | None = None,
-                      gallery_labels=None, *, ks=(1, 5, 10), knn_k: int = 5, chunk: int = 256) -> dict:
+                      gallery_labels=None, *, ks=(1, 5, 10), knn_k: int = 5, chunk: int = 256,
+                      details: list | None = None) -> dict:
     """Metrics of ``queries`` (q, d) against ``gallery`` (g, d); without a gallery, leave-one-out
-    within ``queries``. Labels are any hashable values."""
+    within ``queries``. Labels are any hashable values. Pass a list as ``details`` to receive,
+    per counted query, ``(query index, AP@R, k-NN predicted label, nearest gallery indices,
+    their similarities)``, for reports."""
     loo = gallery is None
     if loo:
         gallery, gallery_labels = queries, query_labels
@@ -57,7 +60,11 @@ def retrieval_metrics(queries: np.ndarray, query_labels, gallery: np.ndarray | N
             precision_at_i = np.cumsum(first_r) / np.arange(1, r + 1)
             sums["map_at_r"] += float((precision_at_i * first_r).sum() / r)
             nn = neighbours[:knn_k]
-            sums["knn_accuracy"] += vote(list(g_lab[nn]), sims[row, nn]).label == q_lab[i]
+            predicted = vote(list(g_lab[nn]), sims[row, nn]).label
+            sums["knn_accuracy"] += predicted == q_lab[i]
+            if details is not None:
+                ap = float((precision_at_i * first_r).sum() / r)
+                details.append((i, ap, predicted, neighbours[:max(ks)], sims[row, neighbours[:max(ks)]]))
     out = {k: float(v / counted) if counted else 0.0 for k, v in sums.items()}
     out["queries"] = counted
     return out

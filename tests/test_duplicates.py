@@ -74,3 +74,16 @@ def test_html_galleries_are_self_contained(tmp_path, sample_index):
     assert "confidence" in page.read_text() and page.read_text().count("<img") == 2 * (1 + 5)
     usage = run_cli("search", queries[0], "--index", sample_index, "--open", check=False)
     assert usage.returncode == 2 and "--open needs --html" in usage.stderr
+
+
+def test_evaluation_report(tmp_path, sample_index):
+    from conftest import SAMPLES, run_cli
+
+    page = tmp_path / "report.html"
+    run_cli("evaluate", SAMPLES, "--baseline", "--cache", tmp_path / "cache", "--html", page, "-q")
+    text = page.read_text()
+    for part in ("Metrics", "Precision@1 per class", "confusion matrix", "Worst-retrieved queries",
+                 "Embedding space"):
+        assert part in text, part
+    assert text.count("<circle") == 2 * 80  # one dot per image, for each of the two models
+    assert text.count('<figure class="query">') == 6
