@@ -133,7 +133,7 @@ def _confusion(row) -> str:
         f"<tr><th>{html.escape(c)}</th>" + "".join(
             f"<td style='background:rgba(51,103,214,{v / peak:.2f})'>{v}</td>" for v in line) + "</tr>"
         for c, line in zip(classes, m))
-    return f"<table class='confusion'><tr><th>true \\\\ predicted</th>{head}</tr>{body}</table>"
+    return f"<table class='confusion'><tr><th>true &darr; predicted &rarr;</th>{head}</tr>{body}</table>"
 
 
 def _worst(row, count: int = 6, shown: int = 5) -> str:
