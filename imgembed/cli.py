@@ -566,6 +566,28 @@ def duplicates(index_dir, threshold, k, html_file, open_page, as_json, quiet):
 
 
 @main.command()
+@_index_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it to the network).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--max-upload-mb", type=click.IntRange(1, 1024), default=25, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+def serve(index_dir, host, port, max_upload_mb, precision):
+    """A local web page (drop an image, see similar ones) and JSON API over the index."""
+    try:
+        from .server import create_app
+    except ImportError as e:
+        raise click.ClickException(f"serve needs Flask ({e.name} missing): pip install 'imgembed[serve]'") from None
+    from .api import Searcher
+
+    searcher = Searcher(index_dir, precision=precision)
+    _warn_problem(searcher.index.problem, index_dir)
+    app = create_app(searcher, max_upload_bytes=max_upload_mb * 1024 * 1024)
+    click.echo(f"serving {index_dir} ({len(searcher.index)} images) at http://{host}:{port}/  (Ctrl-C stops)", err=True)
+    # One thread: the model and the SQLite connection belong to this one; a query takes ~25 ms.
+    app.run(host=host, port=port, threaded=False, debug=False, load_dotenv=False)
+
+
+@main.command()
 def models():
     """List the available backbones."""
     from .backbones import BACKBONES, DEFAULT_BACKBONE
