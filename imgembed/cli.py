@@ -588,10 +588,15 @@ def serve(index_dir, host, port, max_upload_mb, precision):
 
 
 @main.command()
-def models():
+@_json_option
+def models(as_json):
     """List the available backbones."""
     from .backbones import BACKBONES, DEFAULT_BACKBONE
 
+    if as_json:
+        _emit_json([{"name": s.name, "dim": s.feature_dim, "default": s.name == DEFAULT_BACKBONE,
+                     "offline_weights": s.tv_weights is None} for s in BACKBONES.values()])
+        return
     for spec in BACKBONES.values():
         note = " (default; ImageNet weights ship with imgembed, offline)" if spec.name == DEFAULT_BACKBONE else \
             " (--weights imagenet downloads once via torchvision)"
