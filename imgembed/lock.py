@@ -19,6 +19,22 @@ from .errors import IndexLockedError
 
 LOCK_FILE = "writer.lock"
 
+# Lock descriptors this process holds. Forked children (decoding workers) close their copies at
+# once: otherwise a worker that outlives a SIGKILLed writer would keep the flock for a while.
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
 
 def _describe(info: dict) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
@@ -49,10 +65,12 @@ class WriterLock:
             os.close(fd)
             raise
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
