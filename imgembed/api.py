@@ -245,14 +245,17 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
                     path, rel, size, mtime = plan.todo[pos]
                     add.append(NewImage(str(root), rel, _label_of(rel), size, mtime, info.hash,
                                         info.width, info.height, vector))
-                    report.updated += rel in plan.replaces
-                    report.added += rel not in plan.replaces
+                    if rel in plan.replaces:  # a changed file: its old row goes in the same commit
+                        remove.append(plan.replaces[rel])
+                        report.updated += 1
+                    else:
+                        report.added += 1
                 for pos, reason in batch.failed:
                     path, rel, size, mtime = plan.todo[pos]
                     bad.append(Skipped(str(root), rel, reason, size, mtime))
                     report.skipped.append((str(path), reason))
-                remove.extend(plan.replaces[plan.todo[pos][1]] for pos in (*batch.ok, *(f[0] for f in batch.failed))
-                              if plan.todo[pos][1] in plan.replaces)
+                    if rel in plan.replaces:
+                        remove.append(plan.replaces[rel])
                 if len(add) + len(bad) >= commit_every:
                     flush()
                 done += len(batch.ok) + len(batch.failed)
