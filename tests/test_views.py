@@ -1,4 +1,4 @@
-"""Near-duplicate groups found with k-NN search over the index, on planted copies."""
+"""Ways to look at results: near-duplicate groups on planted copies, HTML galleries, the evaluation report."""
 
 import io
 import itertools
