@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,19 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common import ensure_debian_package
+
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 HERE = Path(__file__).resolve().parent
-
-
-def ensure_dataset() -> None:
-    if (SOURCE / "train-images-idx3-ubyte.gz").is_file():
-        return
-    print("installing Debian's dataset-fashion-mnist ...", file=sys.stderr)
-    if shutil.which("apt-get") is None:
-        sys.exit("apt-get not found: install the Fashion-MNIST idx files under /usr/share/datasets/fashion-mnist")
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True)
 
 
 def read_idx(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +72,7 @@ def main() -> None:
     from imgembed.model import load_model
     from imgembed.train import TrainConfig, train
 
-    ensure_dataset()
+    ensure_debian_package("dataset-fashion-mnist", SOURCE / "train-images-idx3-ubyte.gz")
     root = HERE / "data" / "fashion-mnist"
     train_dir = export("train", root / f"train-{args.train_per_class}", args.train_per_class)
     test_dir = export("t10k", root / f"test-{args.test_per_class}", args.test_per_class)

@@ -14,18 +14,10 @@ from __future__ import annotations
 import time
 
 import torch
+from common import images_per_second
 
 from imgembed.model import load_model
 from imgembed.precision import autocast, resolve
-
-
-def rate(fn, batch, repeats=3) -> float:
-    fn(batch)
-    fn(batch)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn(batch)
-    return len(batch) * repeats / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -40,7 +32,7 @@ def main() -> None:
     rows = []
     for bs in (16, 32, 64, 128):
         x = torch.randn(bs, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-        rows.append((f"current path, batch {bs}", rate(current, x)))
+        rows.append((f"current path, batch {bs}", images_per_second(current, x, warmup=2)))
     x = torch.randn(64, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     base = rows[2][1]
 
@@ -55,7 +47,7 @@ def main() -> None:
             start = time.perf_counter()
             run(x)
             warm = time.perf_counter() - start
-            rows.append((f"{name} (compile {warm:.0f} s)", rate(run, x)))
+            rows.append((f"{name} (compile {warm:.0f} s)", images_per_second(run, x, warmup=2)))
         except Exception as e:  # noqa: BLE001 - report and go on
             rows.append((f"{name}: failed ({type(e).__name__})", 0.0))
 
@@ -66,7 +58,7 @@ def main() -> None:
         def run_traced(x):
             with torch.inference_mode(), autocast(precision):
                 return traced(x)
-        rows.append(("TorchScript trace + freeze", rate(run_traced, x)))
+        rows.append(("TorchScript trace + freeze", images_per_second(run_traced, x, warmup=2)))
         torch.jit.enable_onednn_fusion(True)
         with torch.inference_mode(), autocast(precision):
             fused = torch.jit.freeze(torch.jit.trace(model.eval(), x[:2]))
@@ -74,7 +66,7 @@ def main() -> None:
         def run_fused(x):
             with torch.inference_mode(), autocast(precision):
                 return fused(x)
-        rows.append(("TorchScript + oneDNN graph fusion", rate(run_fused, x)))
+        rows.append(("TorchScript + oneDNN graph fusion", images_per_second(run_fused, x, warmup=2)))
         torch.jit.enable_onednn_fusion(False)
     except Exception as e:  # noqa: BLE001
         rows.append((f"TorchScript: failed ({type(e).__name__}: {str(e)[:60]})", 0.0))

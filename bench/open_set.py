@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+
+from common import ensure_debian_package
 
 HERE = Path(__file__).resolve().parent
 CLIPART = Path("/usr/share/openclipart/png")
-
-
-def ensure_clipart() -> None:
-    if CLIPART.is_dir():
-        return
-    print("installing Debian's openclipart-png ...", file=sys.stderr)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "openclipart-png"], check=True)
 
 
 def build(dest: Path, min_per_class: int) -> int:
@@ -54,7 +46,7 @@ def main() -> None:
 
     from imgembed.train import TrainConfig, train
 
-    ensure_clipart()
+    ensure_debian_package("openclipart-png", CLIPART)
     data = HERE / "data" / "openclipart"
     n = build(data, args.min_per_class)
     # patience=0: no early stopping, so the "last epoch" row involves no choice made on the

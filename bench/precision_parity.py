@@ -10,25 +10,17 @@ pre-made batch of 64 (no decoding) for: the unfolded fp32 model in the default m
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import images_per_second
 
 from imgembed.api import embed
 from imgembed.embed import embed_tensor
 from imgembed.model import load_model
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
-
-
-def throughput(fn, batch: torch.Tensor, repeats: int = 3) -> float:
-    fn(batch)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn(batch)
-    return len(batch) * repeats / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -50,9 +42,9 @@ def main() -> None:
         return plain(x)
 
     rates = {
-        "fp32, unfolded, default layout": throughput(baseline, batch),
-        "fp32, folded BN, channels_last": throughput(lambda x: embed_tensor(fp32, x), batch),
-        "bf16 (fp32 stem), folded, channels_last": throughput(lambda x: embed_tensor(bf16, x), batch),
+        "fp32, unfolded, default layout": images_per_second(baseline, batch),
+        "fp32, folded BN, channels_last": images_per_second(lambda x: embed_tensor(fp32, x), batch),
+        "bf16 (fp32 stem), folded, channels_last": images_per_second(lambda x: embed_tensor(bf16, x), batch),
     }
     base = next(iter(rates.values()))
     for name, rate in rates.items():

@@ -168,6 +168,7 @@ def _confirm_by_hash(plan: _Plan, existing: dict, gone: dict) -> None:
     by_content: dict[tuple[str, int], list] = {}
     for row in gone.values():
         by_content.setdefault((row.hash, row.bytes), []).append(row)
+    gone_sizes = {size for _, size in by_content}  # only a file of such a size can be a moved one
     todo = []
     for item in plan.todo:
         path, rel, size, mtime = item
@@ -176,7 +177,7 @@ def _confirm_by_hash(plan: _Plan, existing: dict, gone: dict) -> None:
             plan.touches.append((row.id, mtime))
             plan.replaces.pop(rel, None)
             continue
-        if row is None and any(key[1] == size for key in by_content):
+        if row is None and size in gone_sizes:
             matches = by_content.get((_file_hash(path), size))
             if matches:
                 old = matches.pop()
