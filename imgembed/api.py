@@ -38,6 +38,7 @@ __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "co
            "QueryResult", "Classification"]
 
 Progress = Callable[[int, int], None]  # (done, total)
+ENGINES = ("local", "ray")
 Query = str | Path | Image.Image
 
 
@@ -192,6 +193,7 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
                  batch_size: int = 32, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  prune: bool = True, commit_every: int = 256, index_type: str | None = None,
                  wait: bool = False, decode_timeout: float = 30.0, publish_every_s: float = 60.0,
+                 engine: str = "local", ray_address: str | None = None, ray_actors: int | None = None,
                  progress: Progress | None = None) -> IndexReport:
     """Add ``folder``'s images to the index at ``index_dir``, creating it if needed.
 
@@ -206,12 +208,20 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     index at a time: :class:`IndexLockedError` names the holder, unless ``wait``.
     ``index_type`` (auto|flat|hnsw|ivfpq or a FAISS factory string) changes the index's type;
     None keeps it (``auto`` for a new index).
-    """
-    from .embed import embed_files
 
+    ``engine="ray"`` runs decoding and the model on a Ray cluster (``ray_address``, else a local
+    one; ``ray_actors`` model replicas; see :mod:`imgembed.ray_engine`); everything else, the
+    index written included, is the same as with the local engine.
+    """
     started = time.perf_counter()
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {'|'.join(ENGINES)}, not {engine!r}")
     if not Path(folder).is_dir():
         raise InputError(f"not a folder: {folder}")
+    if engine == "ray":
+        from .ray_engine import _ray
+
+        _ray()  # fail before any work when Ray is not installed
     root = Path(folder).resolve()
     model = model or load_model()
     report = IndexReport(index=str(index_dir), root=str(root))
@@ -240,8 +250,17 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
         try:
             done = 0
             paths = [t[0] for t in plan.todo]
-            for batch in embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                                     decode_timeout=decode_timeout):
+            if engine == "ray":
+                from .ray_engine import embed_files
+
+                batches = embed_files(model, paths, address=ray_address, batch_size=batch_size, actors=ray_actors,
+                                      max_pixels=max_pixels, decode_timeout=decode_timeout)
+            else:
+                from .embed import embed_files
+
+                batches = embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                                      decode_timeout=decode_timeout)
+            for batch in batches:
                 for pos, info, vector in zip(batch.ok, batch.info, batch.vectors):
                     path, rel, size, mtime = plan.todo[pos]
                     add.append(NewImage(str(root), rel, _label_of(rel), size, mtime, info.hash,

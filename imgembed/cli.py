@@ -159,6 +159,12 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--no-prune", is_flag=True, help="Keep entries of files that disappeared from FOLDER.")
 @click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|FACTORY",
               help="FAISS index type [default: the index's own; auto for a new index].")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where decoding and the model run: this process, or a Ray cluster (pip install 'imgembed[ray]').")
+@click.option("--ray-address", metavar="ADDRESS", default=None,
+              help="Ray cluster to join with --engine ray, e.g. 10.0.0.5:6379 [default: $RAY_ADDRESS, else a local cluster].")
+@click.option("--ray-actors", type=click.IntRange(1), default=None,
+              help="Model replicas with --engine ray [default: one per GPU, else one per 4 CPUs].")
 @click.option("--commit-every", type=click.IntRange(1), default=256, show_default=True,
               help="Images per committed chunk: an interrupted run keeps every finished chunk.")
 @click.option("--decode-timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
@@ -167,7 +173,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def index(folder, index_dir, model_name, weights, precision, batch_size, workers, max_pixels, no_prune, index_type,
-          commit_every, decode_timeout, wait, as_json, quiet):
+          engine, ray_address, ray_actors, commit_every, decode_timeout, wait, as_json, quiet):
     """Embed the images under FOLDER into the index (sub-folder names become labels).
 
     Re-running is cheap: unchanged files are not read again, changed ones are re-embedded,
@@ -176,6 +182,9 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
     from tqdm import tqdm
 
     from .api import index_folder
+
+    if engine != "ray" and (ray_address or ray_actors):
+        raise click.UsageError("--ray-address and --ray-actors need --engine ray")
 
     model = _load_model(model_name, weights, precision)
     bar = None
@@ -190,7 +199,7 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
         report = index_folder(folder, index_dir, model, batch_size=batch_size, workers=workers,
                               max_pixels=_max_pixels(max_pixels), prune=not no_prune, index_type=index_type,
                               commit_every=commit_every, decode_timeout=decode_timeout, wait=wait,
-                              progress=progress)
+                              engine=engine, ray_address=ray_address, ray_actors=ray_actors, progress=progress)
     finally:
         if bar is not None:
             bar.close()

@@ -80,17 +80,26 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        try:
-            with _time_limit(self.timeout):
-                loaded = read_image(self.paths[i], min_side=self.min_side, max_pixels=self.max_pixels)
-                tensor = self.transform(loaded.image)
-            return i, tensor, FileInfo(loaded.width, loaded.height, loaded.hash), None
-        except ImageLoadError as e:
-            return i, None, None, str(e)
-        except _DecodeTimeout:
-            return i, None, None, f"decoding took longer than {self.timeout:g} s (stuck or hostile file)"
-        except Exception as e:  # a decoder bug must not kill the run; report it like a bad file
-            return i, None, None, f"cannot decode image: {type(e).__name__}: {e}"
+        return (i, *decode(self.paths[i], self.transform, self.min_side, self.max_pixels, self.timeout))
+
+
+def decode(path: Path, transform, min_side: int, max_pixels: int, timeout: float
+           ) -> tuple[torch.Tensor | None, FileInfo | None, str | None]:
+    """``(tensor, info, None)`` for a decodable image, ``(None, None, reason)`` otherwise.
+
+    Both engines decode through here, so a bad file is reported with the same reason by each.
+    """
+    try:
+        with _time_limit(timeout):
+            loaded = read_image(path, min_side=min_side, max_pixels=max_pixels)
+            tensor = transform(loaded.image)
+        return tensor, FileInfo(loaded.width, loaded.height, loaded.hash), None
+    except ImageLoadError as e:
+        return None, None, str(e)
+    except _DecodeTimeout:
+        return None, None, f"decoding took longer than {timeout:g} s (stuck or hostile file)"
+    except Exception as e:  # a decoder bug must not kill the run; report it like a bad file
+        return None, None, f"cannot decode image: {type(e).__name__}: {e}"
 
 
 def _collate(items):

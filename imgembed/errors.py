@@ -47,3 +47,7 @@ class InputError(ImgembedError):
 
 class IndexLockedError(IndexFileError):
     """Another process is writing to the index."""
+
+
+class EngineError(ImgembedError):
+    """The distributed embedding engine is not installed, cannot be reached, or failed."""

@@ -1,0 +1,132 @@
+"""The Ray engine on a real local Ray cluster: same vectors, same reports, same incremental runs
+as the local engine, and a run that survives its model worker being killed."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from badfiles import EXPECTED, make_bad_folder
+from conftest import ROOT, SAMPLES, run_cli
+from test_faults import assert_each_file_once, make_folder
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs the extra: pip install -e '.[ray]'")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local two-CPU Ray cluster for this module; its address lets subprocesses join it."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def vectors_by_path(index_dir):
+    from imgembed.index import ImageIndex
+
+    with ImageIndex.open(index_dir) as idx:
+        ids, vecs = zip(*idx.store.iter_vectors())
+        rows = idx.store.rows_by_id(np.concatenate(ids))
+        vecs = np.concatenate(vecs)
+        return {rows[int(i)].path: v for i, v in zip(np.concatenate(ids), vecs)}, idx.store.skipped()
+
+
+def test_ray_engine_writes_the_same_index_as_the_local_engine(cluster, tmp_path, model):
+    from imgembed.api import index_folder
+
+    folder = tmp_path / "photos"
+    shutil.copytree(SAMPLES, folder)
+    make_bad_folder(folder / "odd")  # unreadable files must be skipped with the same reasons
+    local = index_folder(folder, tmp_path / "local", model)
+    remote = index_folder(folder, tmp_path / "ray", model, engine="ray")
+    assert (remote.added, remote.total) == (local.added, local.total) == (local.added, 80 + 8)
+    assert remote.skipped == local.skipped and len(remote.skipped) == sum(v is not None for v in EXPECTED.values())
+
+    a, skipped_a = vectors_by_path(tmp_path / "local")
+    b, skipped_b = vectors_by_path(tmp_path / "ray")
+    assert a.keys() == b.keys()
+    cosines = np.array([float(a[p] @ b[p]) for p in a])
+    assert cosines.min() >= 0.999, f"min cosine {cosines.min():.5f}"
+    assert [(s.path, s.reason) for s in skipped_a] == [(s.path, s.reason) for s in skipped_b]
+
+    again = index_folder(folder, tmp_path / "ray", model, engine="ray")  # incremental: nothing to do
+    assert (again.embedded, again.unchanged) == (0, 80 + 8)
+    make_folder(folder / "new", 1)  # 80 new files, each one pixel off a sample image
+    third = index_folder(folder, tmp_path / "ray", model, engine="ray")
+    assert (third.added, third.unchanged, third.total) == (80, 88, 168)
+
+
+def _pids_of(title_part: str) -> list[int]:
+    """Processes whose title (Ray sets it to the task or actor name) contains ``title_part``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if title_part in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _committed(index_dir: Path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{index_dir / 'metadata.sqlite'}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_ray_run_survives_its_model_worker_being_killed(cluster, tmp_path):
+    """The real CLI joins the cluster by address; once it has committed work, the model actor's
+    process is SIGKILLed. Ray restarts the actor and re-runs its batches: the run succeeds and
+    every image is in the index exactly once."""
+    folder = make_folder(tmp_path / "photos", 3)  # 240 distinct images
+    index = tmp_path / "idx"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgembed", "index", str(folder), "--index", str(index), "-q", "--json",
+         "--engine", "ray", "--ray-address", cluster, "--batch-size", "8", "--commit-every", "8"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, seen = [], set()
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        actors = _pids_of("MapWorker(MapBatches(_Embed))")
+        seen.update(actors)
+        if not killed and actors and _committed(index) >= 16:
+            os.kill(actors[0], signal.SIGKILL)
+            killed.append((actors[0], _committed(index)))
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=600)
+    assert killed, f"the run ended before its model worker could be killed:\n{err}"
+    assert killed[0][1] < 240  # killed mid-run
+    assert proc.returncode == 0, err
+    assert seen - {killed[0][0]}, "no model worker took over from the killed one"
+    _, n = assert_each_file_once(index, folder)
+    assert n == 240
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install(tmp_path):
+    fake = tmp_path / "no_ray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    proc = run_cli("index", SAMPLES, "--index", tmp_path / "idx", "--engine", "ray",
+                   env={"PYTHONPATH": str(fake.parent)}, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'imgembed[ray]'" in lines[0], proc.stderr
+    assert not (tmp_path / "idx").exists()  # refused before any work
+
+
+def test_ray_options_need_the_ray_engine(tmp_path):
+    proc = run_cli("index", SAMPLES, "--index", tmp_path / "idx", "--ray-address", "127.0.0.1:6379", check=False)
+    assert proc.returncode == 2 and "--engine ray" in proc.stderr
