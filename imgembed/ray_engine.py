@@ -136,7 +136,7 @@ def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, address: str | 
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
         actors = actors or gpus or max(1, cpus // 4)
         items = [{"pos": i, "path": os.fsencode(p)} for i, p in enumerate(paths)]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * cpus)))
+        ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))  # a task per batch
         ds = ds.map_batches(_decode, fn_args=(model.preprocess, max_pixels, decode_timeout),
                             batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS)
         ds = ds.map_batches(_Embed, fn_constructor_args=([ray.put(model)], max(1, cpus // actors)),

@@ -1,6 +1,7 @@
 """The Ray engine on a real local Ray cluster: same vectors, same reports, same incremental runs
 as the local engine, and a run that survives its model worker being killed."""
 
+import json
 import os
 import shutil
 import signal
@@ -87,30 +88,46 @@ def _committed(index_dir: Path) -> int:
         return 0
 
 
-def test_ray_run_survives_its_model_worker_being_killed(cluster, tmp_path):
-    """The real CLI joins the cluster by address; once it has committed work, the model actor's
-    process is SIGKILLed. Ray restarts the actor and re-runs its batches: the run succeeds and
-    every image is in the index exactly once."""
+def _start(folder, index, address):
+    return subprocess.Popen(
+        [sys.executable, "-m", "imgembed", "index", str(folder), "--index", str(index), "-q", "--json",
+         "--engine", "ray", "--ray-address", address, "--batch-size", "8", "--commit-every", "8"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_ray_run_survives_a_killed_model_worker_and_resumes_after_a_killed_driver(cluster, tmp_path):
+    """The real CLI joins the cluster by address. Once it has committed work, its model actor's
+    process is SIGKILLed: Ray restarts the actor and the run goes on committing. Later the
+    driver itself is SIGKILLed; a re-run embeds only the rest, and every image is in the index
+    exactly once."""
     folder = make_folder(tmp_path / "photos", 3)  # 240 distinct images
     index = tmp_path / "idx"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imgembed", "index", str(folder), "--index", str(index), "-q", "--json",
-         "--engine", "ray", "--ray-address", cluster, "--batch-size", "8", "--commit-every", "8"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed, seen = [], set()
+    proc = _start(folder, index, cluster)
+    killed_actor, seen, driver_killed_at = None, set(), None
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         actors = _pids_of("MapWorker(MapBatches(_Embed))")
         seen.update(actors)
-        if not killed and actors and _committed(index) >= 16:
+        committed = _committed(index)
+        if killed_actor is None and actors and committed >= 16:
             os.kill(actors[0], signal.SIGKILL)
-            killed.append((actors[0], _committed(index)))
-        time.sleep(0.2)
-    out, err = proc.communicate(timeout=600)
-    assert killed, f"the run ended before its model worker could be killed:\n{err}"
-    assert killed[0][1] < 240  # killed mid-run
-    assert proc.returncode == 0, err
-    assert seen - {killed[0][0]}, "no model worker took over from the killed one"
+            killed_actor, committed_at_actor_kill = actors[0], committed
+        elif killed_actor is not None and committed >= committed_at_actor_kill + 64:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            driver_killed_at = _committed(index)
+            break
+        time.sleep(0.1)
+    _, err = proc.communicate(timeout=60)
+    assert killed_actor is not None and driver_killed_at is not None, f"the run ended too early:\n{err}"
+    assert seen - {killed_actor}, "no model worker took over from the killed one"
+    assert driver_killed_at < 240
+
+    rerun = _start(folder, index, cluster)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    report = json.loads(out)
+    assert report["added"] == 240 - driver_killed_at and report["unchanged"] == driver_killed_at
     _, n = assert_each_file_once(index, folder)
     assert n == 240
 
