@@ -85,6 +85,10 @@ class ImageIndex:
         # (a crashed run): it then searches a copy rebuilt in memory, and says so here.
         self.problem = problem
         self._stale = 0  # rows removed from SQLite but still in FAISS; save() rebuilds
+        # On-disk lists are mapped read-only (readers may share them): a writer collects the
+        # vectors it adds in RAM, with the same quantizer and codec, and save() merges them into
+        # a new .ivfdata generation without re-training or re-encoding the published ones.
+        self._added = None
 
     # -- opening -------------------------------------------------------------------------
 
@@ -155,7 +159,7 @@ class ImageIndex:
             except IndexCorruptError:
                 stale = True
             if stale:
-                faiss_index = _rebuild(manifest, store)
+                faiss_index = _rebuild(manifest, store, directory / FAISS_FILE)
         except BaseException:
             store.close()
             raise
@@ -185,11 +189,12 @@ class ImageIndex:
         return int(self.manifest["model"]["dim"])
 
     def __len__(self) -> int:
-        return int(self.faiss.ntotal)
+        return int(self.faiss.ntotal) + (int(self._added.ntotal) if self._added is not None else 0)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """For each row of ``queries`` (q, dim), up to ``k`` hits, best first."""
-        scores, ids = vectors.search(self.faiss, queries, k + self._stale)  # stale ids are skipped
+        indexes = [self.faiss] if self._added is None else [self.faiss, self._added]
+        scores, ids = vectors.search_all(indexes, queries, k + self._stale)  # stale ids are skipped
         rows = self.store.rows_by_id(i for i in ids.ravel() if i >= 0)
         return [[Hit(rank, float(s), rows[int(i)]) for rank, (s, i) in enumerate(
                     [(s, i) for s, i in zip(srow, irow) if i >= 0 and int(i) in rows][:k], start=1)]
@@ -211,32 +216,46 @@ class ImageIndex:
         elif remove:
             self._stale += len(remove)  # searches skip the removed ids (no row); save() rebuilds
         if add:
-            vectors.add(self.faiss, np.asarray(ids, np.int64), np.stack([a.vector for a in add]))
+            target = self.faiss
+            if vectors.is_ondisk(self.faiss):
+                if self._added is None:
+                    self._added = vectors.empty_like(self.directory / FAISS_FILE, _spec(self.manifest).params)
+                target = self._added
+            vectors.add(target, np.asarray(ids, np.int64), np.stack([a.vector for a in add]))
         return ids
 
     def rebuild(self, index_type: str | None = None) -> vectors.IndexSpec:
         """Rebuild the FAISS index from the stored vectors, as ``index_type`` (default: its own)."""
         spec = vectors.choose(index_type or _spec(self.manifest).index_type, self.store.count(), self.dim)
         self.manifest["faiss"] = spec.to_dict()
-        self.faiss = _rebuild(self.manifest, self.store)
-        self._stale = 0
+        self.faiss = _rebuild(self.manifest, self.store, self.directory / FAISS_FILE)
+        self._stale, self._added = 0, None
         return spec
 
     def save(self) -> None:
         """Write the FAISS file, then the manifest, each atomically.
 
         First rebuilds the FAISS index when it holds removed rows, or when its type calls for
-        another structure at the current size (``auto`` growing from flat to hnsw to ivfpq).
+        another structure at the current size (``auto`` growing from flat to hnsw to ivfpq,
+        ``ondisk`` growing its number of lists). An ``ondisk`` index is rebuilt straight into a
+        new ``.ivfdata`` generation, or gets the vectors added since it was opened merged into
+        one, and is then already published: see :func:`vectors.save_ondisk`.
         """
         current = _spec(self.manifest)
         wanted = vectors.choose(current.index_type, self.store.count(), self.dim)
+        path = self.directory / FAISS_FILE
         if self._stale or wanted.factory != current.factory:
             self.rebuild()
-        vectors.save(self.faiss, self.directory / FAISS_FILE)
+        elif self._added is not None:
+            vectors.save_ondisk(vectors.empty_like(path, current.params), path, also=[self.faiss, self._added])
+            self.faiss, self._added = vectors.load(path, current.params), None
+        if not vectors.is_ondisk(self.faiss):
+            vectors.save(self.faiss, path)
+            vectors.remove_stale_generations(path)  # left by an ondisk index this one replaced
         labels = self.store.labels()
         self.manifest.update({
             "updated_at": _now(), "imgembed_version": __version__,
-            "counts": {"images": int(self.faiss.ntotal), "skipped": len(self.store.skipped()),
+            "counts": {"images": len(self), "skipped": len(self.store.skipped()),
                        "labels": sum(1 for label in labels if label is not None)},
             "roots": self.store.roots(),
         })
@@ -266,9 +285,17 @@ def _spec(manifest: dict) -> vectors.IndexSpec:
     return vectors.IndexSpec.from_dict(manifest["faiss"])
 
 
-def _rebuild(manifest: dict, store: MetadataStore):
+def _rebuild(manifest: dict, store: MetadataStore, path: Path | None = None):
+    """The FAISS index rebuilt from the stored vectors. A writer passes ``path``: an ``ondisk``
+    index is then trained on a sample and filled shard by shard straight into a new generation
+    of files there (published), never holding all vectors. Readers get an in-RAM copy."""
     dim = int(manifest["model"]["dim"])
     spec = _spec(manifest)
+    if path is not None and _is_ondisk_spec(spec) and store.count():
+        n = store.count()
+        trained = vectors.train_ondisk(dim, spec.factory, store.iter_vectors, n, params=spec.params)
+        vectors.save_ondisk(trained, path, store.iter_vectors())
+        return vectors.load(path, spec.params)
     parts = list(store.iter_vectors())
     if not parts:
         empty = vectors.new_index(dim, spec.factory)
@@ -276,3 +303,7 @@ def _rebuild(manifest: dict, store: MetadataStore):
     ids = np.concatenate([p[0] for p in parts])
     vecs = np.concatenate([p[1] for p in parts])
     return vectors.build_index(dim, ids, vecs, spec.factory, params=spec.params)
+
+
+def _is_ondisk_spec(spec: vectors.IndexSpec) -> bool:
+    return spec.index_type == "ondisk" and not spec.factory.startswith("IDMap")

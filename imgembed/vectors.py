@@ -24,17 +24,24 @@ vectors after removals. This module needs no torch.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import faiss
 import numpy as np
 
 from .errors import IndexCorruptError, InputError
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq", "ondisk")
+ONDISK_MIN_NPROBE = 32
 FLAT_BELOW = 200_000
 DEFAULT_FACTORY = "IDMap2,Flat"
 
@@ -71,6 +78,8 @@ def choose(index_type: str, n: int, dim: int) -> IndexSpec:
         return IndexSpec(index_type, DEFAULT_FACTORY, "", n)
     if kind == "hnsw":
         return IndexSpec(index_type, "IDMap2,HNSW32,Flat", "efSearch=512", n)
+    if kind == "ondisk":
+        return _ondisk_spec(index_type, n, dim)
     if kind == "ivfpq":
         if n < 39 * 16 or dim % 2:
             return IndexSpec(index_type, DEFAULT_FACTORY, "", n)  # too few vectors to train: stay exact
@@ -135,9 +144,40 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     return index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
+def search_all(indexes: Sequence[faiss.Index], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` over several indexes holding disjoint ids, merged best first."""
+    results = [search(index, queries, k) for index in indexes if index.ntotal] or [search(indexes[0], queries, k)]
+    if len(results) == 1:
+        return results[0]
+    scores = np.concatenate([r[0] for r in results], axis=1)
+    ids = np.concatenate([r[1] for r in results], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
 def stored_ids(index: faiss.Index) -> np.ndarray:
-    """The ids held by an ``IndexIDMap``/``IDMap2`` index."""
-    return faiss.vector_to_array(index.id_map).astype(np.int64)
+    """The ids held by an ``IndexIDMap``/``IDMap2`` index, or those in the lists of an IVF index.
+
+    On-disk lists are read with ``pread``, not through the mapping, so that this check does not
+    leave the searching process with every list's pages mapped.
+    """
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    parts = [np.empty(0, np.int64)]
+    if isinstance(invlists, faiss.OnDiskInvertedLists):
+        with open(invlists.filename, "rb") as f:
+            for no in range(invlists.nlist):
+                one = invlists.lists.at(no)
+                if one.size:
+                    raw = os.pread(f.fileno(), 8 * one.size, one.offset + one.capacity * invlists.code_size)
+                    parts.append(np.frombuffer(raw, np.int64))
+    else:
+        for no in range(invlists.nlist):
+            if size := invlists.list_size(no):
+                parts.append(faiss.rev_swig_ptr(invlists.get_ids(no), size).copy())
+    return np.concatenate(parts)
 
 
 def save(index: faiss.Index, path: Path) -> None:
@@ -151,13 +191,191 @@ def save(index: faiss.Index, path: Path) -> None:
 
 
 def load(path: Path, params: str = "") -> faiss.Index:
-    path = Path(path)
-    if not path.is_file():
-        raise IndexCorruptError(f"{path}: FAISS file is missing")
+    """Read a FAISS file. On-disk lists are memory-mapped read-only from the ``.ivfdata`` file
+    named in it, looked up beside ``path``; only the quantizer and the list offsets enter RAM."""
+    path = Path(path).absolute()
+    for attempt in range(3):
+        if not path.is_file():
+            raise IndexCorruptError(f"{path}: FAISS file is missing")
+        before = path.stat().st_ino
+        try:
+            with _quiet_faiss():
+                index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+            apply_params(index, params)
+            return index
+        except RuntimeError as e:
+            if attempt < 2 and path.is_file() and path.stat().st_ino != before:
+                continue  # a writer published a new generation (and deleted ours) while we read
+            detail = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "unreadable"
+            raise IndexCorruptError(f"{path}: truncated or damaged FAISS file ({detail})") from None
+    raise AssertionError("unreachable")
+
+
+def empty_like(path: Path, params: str = "") -> faiss.Index:
+    """The on-disk index at ``path`` with empty in-RAM lists: same quantizer and codec, to collect
+    vectors added since it was written (merged by :func:`save_ondisk`)."""
+    index = load(path, params)
+    ivf = faiss.extract_index_ivf(index)
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # now owned by the index
+    ivf.ntotal = index.ntotal = 0
+    return index
+
+
+# -- on-disk inverted lists ---------------------------------------------------------------------
+
+def _ondisk_lists(n: int) -> int:
+    """About 2 sqrt(n) lists, a power of two, with at least 39 training points per list (so 1 list
+    for a handful of vectors). Fewer lists than ivfpq's 4 sqrt(n): k-means and the assignment of
+    every vector cost O(n x nlist), and at 10M this halves a build that dominates the run time."""
+    nlist = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(max(n, 1)))))
+    while nlist > 1 and n < 39 * nlist:
+        nlist //= 2
+    return nlist
+
+
+def _ondisk_spec(index_type: str, n: int, dim: int) -> IndexSpec:
+    if n == 0:
+        return IndexSpec(index_type, DEFAULT_FACTORY, "", n)  # nothing to train on yet
+    nlist = _ondisk_lists(n)
+    nprobe = min(nlist, max(ONDISK_MIN_NPROBE, nlist // 64))
+    if nlist >= 1024:  # HNSW over the centroids: assigning 10M vectors to 8192 lists exactly takes ~10 min
+        return IndexSpec(index_type, f"IVF{nlist}_HNSW32,SQ8", f"nprobe={nprobe},quantizer_efSearch={2 * nprobe}", n)
+    return IndexSpec(index_type, f"IVF{nlist},SQ8", f"nprobe={nprobe}", n)
+
+
+def is_ondisk(index: faiss.Index) -> bool:
+    """Whether ``index`` is an IVF whose lists live in an ``.ivfdata`` file."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf is not None and isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+
+
+def ivfdata_path(index: faiss.Index) -> Path:
+    return Path(faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).filename)
+
+
+@contextmanager
+def _quiet_faiss():
+    """FAISS's C++ code prints "resizing ..." and "IO_FLAG_ONDISK_SAME_DIR: updating ondisk
+    filename ..." with printf, which would land in the middle of ``--json`` output: library code
+    prints nothing, so both standard streams go to /dev/null meanwhile (C buffers flushed first)."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    libc.fflush(None)
+    saved = [os.dup(1), os.dup(2)]
     try:
-        index = faiss.read_index(str(path))
-        apply_params(index, params)
-        return index
-    except RuntimeError as e:
-        detail = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "unreadable"
-        raise IndexCorruptError(f"{path}: truncated or damaged FAISS file ({detail})") from None
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        libc.fflush(None)
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def train_ondisk(dim: int, factory: str, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n: int, *,
+                 train_sample: int = 0, seed: int = 0, params: str = "") -> faiss.Index:
+    """An empty, trained IVF index for ``n`` vectors: trained on a seeded sample of at most
+    ``train_sample`` (default: 50 per list, at least 100,000) of the vectors ``chunks()`` yields,
+    as ``(ids, vectors)`` pairs, gathered in one pass so that only the sample sits in RAM."""
+    index = new_index(dim, factory)
+    ivf = faiss.extract_index_ivf(index)
+    size = min(n, train_sample or max(50 * ivf.nlist, 100_000))
+    keep = np.sort(np.random.default_rng(seed).choice(n, size, replace=False)) if size < n else None
+    sample, seen = [], 0
+    for _, vecs in chunks():
+        if keep is None:
+            sample.append(vecs)
+        else:
+            lo, hi = np.searchsorted(keep, [seen, seen + len(vecs)])
+            sample.append(vecs[keep[lo:hi] - seen])
+        seen += len(vecs)
+    ivf.cp.niter = 10  # k-means converges within 10 iterations on these sizes; the default 25 costs 2.5x
+    index.train(np.ascontiguousarray(np.concatenate(sample) if sample else np.empty((0, dim), np.float32)))
+    apply_params(index, params)
+    return index
+
+
+def save_ondisk(trained: faiss.Index, path: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray]] = (), *,
+                also: Sequence[faiss.Index] = (), shard: int = 2_000_000) -> None:
+    """Publish an on-disk index at ``path`` (``vectors.faiss``): the lists hold the vectors of
+    ``chunks`` plus the lists of the indexes in ``also`` (same quantizer and codes, e.g. the index
+    published before and the vectors added since), written to a new ``{stem}.{generation}.ivfdata``
+    beside it.
+
+    ``chunks`` are encoded ``shard`` vectors at a time into ``trained`` (only codes in RAM: about
+    136 B a vector for SQ8 at 128-d), each shard written to a temporary file, and the shard files
+    are then memory-mapped and merged list by list into the new ``.ivfdata``. The new file is
+    synced before ``path`` is atomically replaced to point at it (by its bare name, so the
+    directory can move), and older generations are deleted only then: a crash at any moment leaves
+    the old pair or the new one, and a reader that has mapped the old file keeps it until it closes.
+    """
+    path = Path(path)
+    directory = path.parent
+    generation = f"{time.time_ns():x}"
+    work = directory / f".{path.stem}.{generation}.build"
+    data = directory / f"{path.stem}.{generation}.ivfdata"
+    ivf = faiss.extract_index_ivf(trained)
+    work.mkdir()
+    try:
+        shard_files = []
+
+        def flush() -> None:
+            shard_files.append(work / f"shard{len(shard_files)}.faiss")
+            faiss.write_index(trained, str(shard_files[-1]))
+            trained.reset()  # empties the lists; the quantizer and the trained codec stay
+
+        trained.reset()
+        for ids, vecs in chunks:
+            trained.add_with_ids(np.ascontiguousarray(vecs, np.float32), np.ascontiguousarray(ids, np.int64))
+            if trained.ntotal >= shard:
+                flush()
+        if trained.ntotal:
+            flush()
+        with _quiet_faiss():
+            shards = [faiss.read_index(str(f), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) for f in shard_files]
+        lists = faiss.InvertedListsPtrVector()
+        for other in [*shards, *also]:
+            lists.push_back(faiss.extract_index_ivf(other).invlists)
+        invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(data))
+        with _quiet_faiss():
+            ntotal = invlists.merge_from_multiple(lists.data(), lists.size(), False, False)
+        invlists.filename = data.name  # found beside path when read (IO_FLAG_ONDISK_SAME_DIR)
+        ivf.replace_invlists(invlists, True)
+        invlists.this.disown()
+        ivf.ntotal = trained.ntotal = ntotal
+        del shards
+        with open(data, "rb+") as f:  # the lists were written through a shared mapping
+            os.fsync(f.fileno())
+        save(trained, path)
+        _fsync_dir(directory)
+    except BaseException:
+        data.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    remove_stale_generations(path, data.name)
+
+
+def remove_stale_generations(path: Path, keep: str | None = None) -> None:
+    """Delete the ``.ivfdata`` generations other than ``keep`` (a bare file name) beside ``path``,
+    and build folders left by a killed save. Only a writer holding the index's lock may call this,
+    after publishing the file that refers to ``keep``."""
+    path = Path(path)
+    for f in path.parent.glob(f"{path.stem}.*.ivfdata"):
+        if f.name != keep:
+            f.unlink(missing_ok=True)
+    for d in path.parent.glob(f".{path.stem}.*.build"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
