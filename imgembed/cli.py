@@ -164,7 +164,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--ray-address", metavar="ADDRESS", default=None,
               help="Ray cluster to join with --engine ray, e.g. 10.0.0.5:6379 [default: $RAY_ADDRESS, else a local cluster].")
 @click.option("--ray-actors", type=click.IntRange(1), default=None,
-              help="Model replicas with --engine ray [default: one per GPU, else one per 4 CPUs].")
+              help="Model replicas with --engine ray [default: one per GPU, else one per CPU].")
 @click.option("--commit-every", type=click.IntRange(1), default=256, show_default=True,
               help="Images per committed chunk: an interrupted run keeps every finished chunk.")
 @click.option("--decode-timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,

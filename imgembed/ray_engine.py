@@ -29,10 +29,14 @@ from .embed import EmbeddedBatch, FileInfo
 from .errors import EngineError
 from .model import EmbeddingModel
 
-# Decode tasks ask for half a CPU: two decode at once beside each CPU model actor, as the local
-# engine runs two decode workers beside its model on 2 cores. It also keeps Ray Data from fusing
-# decoding into the model actors, which would leave GPUs waiting on decoding.
+# Without GPUs, one single-threaded model actor per CPU, and decode tasks beside them, each asking
+# for half a CPU: as the local engine runs decode workers beside its model, every core holds a
+# model and a decoder. Model actors also reserve memory (a Lite0 actor peaks at about 0.75 GB);
+# that keeps Ray Data from fusing decoding into them (it fuses operators with equal resource
+# asks), which would leave GPUs waiting on decoding.
 DECODE_CPUS = 0.5
+ACTOR_CPUS = 0.5
+ACTOR_MEMORY = 1 << 30
 INSTALL_HINT = "--engine ray needs Ray; install it with: pip install 'imgembed[ray]'"
 
 
@@ -123,7 +127,7 @@ def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, address: str | 
                 decode_timeout: float = 30.0) -> Iterator[EmbeddedBatch]:
     """Embed ``paths`` on a Ray cluster, yielding :class:`EmbeddedBatch` es as they finish (in
     any order; positions index ``paths``). ``actors`` model replicas run at once (default: one
-    per GPU of the cluster, else one per four CPUs, at least one)."""
+    per GPU of the cluster, else one per CPU)."""
     if not paths:
         return
     conn = _Connection(address)
@@ -134,7 +138,13 @@ def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, address: str | 
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-        actors = actors or gpus or max(1, cpus // 4)
+        actors = actors or gpus or cpus
+        # A CPU actor asks for half a CPU, or less where that would leave no room for a decode
+        # task (more actors than that would otherwise stall the pipeline with no decoding).
+        actor_cpus = 0 if gpus else min(ACTOR_CPUS, (cpus - DECODE_CPUS) / actors)
+        if not gpus and actor_cpus < 0.1:
+            raise EngineError(f"--ray-actors {actors} is too many for a cluster of {cpus} CPUs; "
+                              f"use at most {int((cpus - DECODE_CPUS) / 0.1)}")
         items = [{"pos": i, "path": os.fsencode(p)} for i, p in enumerate(paths)]
         ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))  # a task per batch
         ds = ds.map_batches(_decode, fn_args=(model.preprocess, max_pixels, decode_timeout),
@@ -142,7 +152,7 @@ def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, address: str | 
         ds = ds.map_batches(_Embed, fn_constructor_args=([ray.put(model)], max(1, cpus // actors)),
                             batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors),
-                            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
+                            num_gpus=1 if gpus else 0, num_cpus=actor_cpus, memory=ACTOR_MEMORY)
         try:
             for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False):
                 yield _to_embedded(batch, model.dim)

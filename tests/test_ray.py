@@ -47,7 +47,8 @@ def test_ray_engine_writes_the_same_index_as_the_local_engine(cluster, tmp_path,
     shutil.copytree(SAMPLES, folder)
     make_bad_folder(folder / "odd")  # unreadable files must be skipped with the same reasons
     local = index_folder(folder, tmp_path / "local", model)
-    remote = index_folder(folder, tmp_path / "ray", model, engine="ray")
+    # two model actors on two CPUs: must still leave room for decoding (this once stalled)
+    remote = index_folder(folder, tmp_path / "ray", model, engine="ray", ray_actors=2)
     assert (remote.added, remote.total) == (local.added, local.total) == (local.added, 80 + 8)
     assert remote.skipped == local.skipped and len(remote.skipped) == sum(v is not None for v in EXPECTED.values())
 
@@ -106,7 +107,7 @@ def test_ray_run_survives_a_killed_model_worker_and_resumes_after_a_killed_drive
     killed_actor, seen, driver_killed_at = None, set(), None
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
-        actors = _pids_of("MapWorker(MapBatches(_Embed))")
+        actors = _pids_of("MapWorker(MapBatches(_Embed))")  # decoding runs in other tasks
         seen.update(actors)
         committed = _committed(index)
         if killed_actor is None and actors and committed >= 16:
