@@ -92,10 +92,12 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-def search_child(directory: Path, nprobes: list[int], single: int) -> dict:
+def search_child(directory: Path, nprobes: list[int], single: int, params: str | None = None,
+                 count: int | None = None) -> dict:
     """Runs in its own process: open memory-mapped, measure, print JSON."""
     spec = json.loads((directory / "spec.json").read_text())
-    queries, truth = np.load(directory / "queries.npy"), np.load(directory / "truth.npy")
+    spec["params"] = params or spec["params"]
+    queries, truth = np.load(directory / "queries.npy")[:count], np.load(directory / "truth.npy")[:count]
     index_path = directory / "vectors.faiss"
     for f in directory.glob("*.ivfdata"):
         evict(f)
@@ -135,9 +137,9 @@ def search_child(directory: Path, nprobes: list[int], single: int) -> dict:
 
 
 def run_child(directory: Path, nprobes: list[int], single: int, cgroup: Path | None = None,
-              timeout: float | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(directory), "--single", str(single),
-           "--nprobes", *map(str, nprobes)]
+              timeout: float | None = None, params: str | None = None, count: int = 1000) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(directory), "--single", str(single), "--queries", str(count),
+           "--nprobes", *map(str, nprobes), *(["--params", params] if params else [])]
     if cgroup is not None:
         cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
     try:
@@ -149,14 +151,14 @@ def run_child(directory: Path, nprobes: list[int], single: int, cgroup: Path | N
     return json.loads(done.stdout)
 
 
-def limited_run(directory: Path, limit: int, nprobes: list[int], single: int) -> dict:
+def limited_run(directory: Path, limit: int, nprobes: list[int], single: int, params: str | None = None) -> dict:
     if not os.access(CGROUP_V1, os.W_OK):
         return {"skipped": f"{CGROUP_V1} is not writable"}
     group = CGROUP_V1 / f"imgembed_ondisk_bench_{os.getpid()}"
     group.mkdir()
     try:
         (group / "memory.limit_in_bytes").write_text(str(limit))
-        out = run_child(directory, nprobes, single, group, timeout=1200)
+        out = run_child(directory, nprobes, single, group, timeout=1200, params=params, count=200)
         out["cgroup_limit"] = limit
         out["cgroup_max_usage"] = int((group / "memory.max_usage_in_bytes").read_text())
         out["cgroup_failcnt"] = int((group / "memory.failcnt").read_text())
@@ -165,8 +167,10 @@ def limited_run(directory: Path, limit: int, nprobes: list[int], single: int) ->
         group.rmdir()
 
 
-def build(directory: Path, n: int, dim: int, seed: int, shard: int, queries: np.ndarray) -> dict:
+def build(directory: Path, n: int, dim: int, seed: int, shard: int, queries: np.ndarray, code: str | None) -> dict:
     spec = vectors.choose("ondisk", n, dim)
+    if code:  # another codec for the lists, e.g. SQfp16
+        spec = vectors.IndexSpec(spec.index_type, spec.factory.rsplit(",", 1)[0] + "," + code, spec.params, n)
     directory.mkdir(parents=True, exist_ok=True)
     for f in [*directory.glob("*.ivfdata"), directory / "vectors.faiss"]:
         f.unlink(missing_ok=True)
@@ -175,16 +179,17 @@ def build(directory: Path, n: int, dim: int, seed: int, shard: int, queries: np.
     trained = vectors.train_ondisk(dim, spec.factory, lambda: shards(n, dim, seed, shard), n, params=spec.params)
     times["train_s"] = time.perf_counter() - t0
     truth = TopK(queries)
-    gen_s = 0.0
+    gen_s, fed = 0.0, 0.0
 
     def feed():
-        nonlocal gen_s
+        nonlocal gen_s, fed
         it = shards(n, dim, seed, shard)
         while True:
             t = time.perf_counter()
             try:
                 ids, vecs = next(it)
             except StopIteration:
+                fed = time.perf_counter()  # every shard added: what follows is the merge
                 return
             truth.update(ids, vecs)
             gen_s += time.perf_counter() - t
@@ -192,7 +197,8 @@ def build(directory: Path, n: int, dim: int, seed: int, shard: int, queries: np.
 
     t0 = time.perf_counter()
     vectors.save_ondisk(trained, directory / "vectors.faiss", feed())
-    times["add_and_merge_s"] = time.perf_counter() - t0 - gen_s
+    times["add_s"] = fed - t0 - gen_s
+    times["merge_and_publish_s"] = time.perf_counter() - fed
     times["generate_and_ground_truth_s"] = gen_s
     np.save(directory / "queries.npy", queries)
     np.save(directory / "truth.npy", truth.ids)
@@ -210,25 +216,32 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=200, help="queries timed one at a time")
     parser.add_argument("--nprobes", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--limit-mb", type=int, default=512, help="cgroup memory limit for the limited search run")
+    parser.add_argument("--code", help="codec of the lists instead of the default's SQ8, e.g. SQfp16")
+    parser.add_argument("--params", help="search parameters instead of those the index was built with")
     parser.add_argument("--skip-build", action="store_true", help="search the index already in --dir")
+    parser.add_argument("--limited-only", action="store_true", help="with --skip-build: only the cgroup-limited run")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(search_child(args.child, args.nprobes, args.single)))
+        print(json.dumps(search_child(args.child, args.nprobes, args.single, args.params, args.queries)))
         return
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, n={args.n:,} x {args.dim}", flush=True)
     if not args.skip_build:
         queries = clustered_shard(centres(args.dim, 0), args.queries, np.random.default_rng([0, 10**9]))
         t0 = time.perf_counter()
-        built = build(args.dir, args.n, args.dim, 0, args.shard, queries)
+        built = build(args.dir, args.n, args.dim, 0, args.shard, queries, args.code)
         built["total_s"] = time.perf_counter() - t0
         print("build", json.dumps(built), flush=True)
     data = next(args.dir.glob("*.ivfdata"))
     faiss_bytes, data_bytes = (args.dir / "vectors.faiss").stat().st_size, data.stat().st_size
     print(f"files: vectors.faiss {faiss_bytes:,} B + {data.name} {data_bytes:,} B = "
           f"{(faiss_bytes + data_bytes) / args.n:.1f} B/vector on disk", flush=True)
-    print("search", json.dumps(run_child(args.dir, args.nprobes, args.single)), flush=True)
-    limited = limited_run(args.dir, args.limit_mb << 20, args.nprobes, args.single)
+    if not args.limited_only:
+        print("search", json.dumps(run_child(args.dir, args.nprobes, args.single, params=args.params)), flush=True)
+    # Under the limit most probes read from disk: measure the default nprobe only, on fewer queries.
+    params = args.params or json.loads((args.dir / "spec.json").read_text())["params"]
+    nprobe = int(params.split("nprobe=")[1].split(",")[0])
+    limited = limited_run(args.dir, args.limit_mb << 20, [nprobe], min(args.single, 100), args.params)
     print(f"search under a {args.limit_mb} MiB cgroup limit (index {(faiss_bytes + data_bytes) >> 20} MiB)",
           json.dumps(limited), flush=True)
 

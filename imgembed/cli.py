@@ -157,7 +157,7 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Decoding processes [default: one per CPU core, at most 4].")
 @_max_pixels_option
 @click.option("--no-prune", is_flag=True, help="Keep entries of files that disappeared from FOLDER.")
-@click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|ondisk|FACTORY",
+@click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|ondisk[:CODE]|FACTORY",
               help="FAISS index type [default: the index's own; auto for a new index].")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where decoding and the model run: this process, or a Ray cluster (pip install 'imgembed[ray]').")
@@ -487,7 +487,7 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
 
 @main.command()
 @_index_option
-@click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|ondisk|FACTORY",
+@click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|ondisk[:CODE]|FACTORY",
               help="Rebuild as this type [default: the index's own].")
 @_wait_option
 @_json_option

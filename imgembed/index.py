@@ -306,4 +306,4 @@ def _rebuild(manifest: dict, store: MetadataStore, path: Path | None = None):
 
 
 def _is_ondisk_spec(spec: vectors.IndexSpec) -> bool:
-    return spec.index_type == "ondisk" and not spec.factory.startswith("IDMap")
+    return vectors.is_ondisk_type(spec.index_type) and not spec.factory.startswith("IDMap")

@@ -13,16 +13,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
-
 from conftest import SAMPLES, run_json
-from imgembed import vectors
-from imgembed.api import check_index, index_info, rebuild_index
-from imgembed.index import ImageIndex
 from test_index_store import IDENTITY, SOURCE
 from test_vectors import DIM, clustered, rows
+
+from imgembed import vectors
+from imgembed.api import check_index, index_info, rebuild_index
+from imgembed.errors import InputError
+from imgembed.index import ImageIndex
 
 IDENT = {**IDENTITY, "dim": DIM}
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
@@ -88,10 +88,17 @@ def test_ondisk_index_agrees_with_brute_force_through_adds_and_removals(built):
     assert info["images"] == 3300 and info["size_bytes"] > 3300 * (DIM + 8)
     assert rebuild_index(directory, "flat")["factory"] == "IDMap2,Flat" and generations(directory) == []
     assert rebuild_index(directory, "ondisk")["factory"] == "IVF64,SQ8" and len(generations(directory)) == 1
+    spec = rebuild_index(directory, "ondisk:SQfp16")  # 2 bytes a dimension: recall no longer capped by the codes
+    assert spec["factory"] == "IVF64,SQfp16" and len(generations(directory)) == 1
+    assert (directory / generations(directory)[0]).stat().st_size == 3300 * (2 * DIM + 8)
+    with ImageIndex.open(directory, IDENT) as idx:
+        assert idx.problem is None and vectors.is_ondisk(idx.faiss)
+    with pytest.raises(InputError, match="codec"):
+        rebuild_index(directory, "ondisk:nonsense")
 
 
 def test_ondisk_directory_can_move(built, tmp_path):
-    directory, queries, base, ids = built
+    directory, _, base, ids = built
     assert str(directory).encode() not in (directory / "vectors.faiss").read_bytes()  # data file named bare
     moved = tmp_path / "elsewhere" / "moved"
     moved.parent.mkdir()
@@ -103,7 +110,7 @@ def test_ondisk_directory_can_move(built, tmp_path):
 
 @pytest.mark.parametrize("where", ["writing a shard", "publishing vectors.faiss"])
 def test_writer_killed_mid_save_leaves_a_readable_index(built, where):
-    directory, queries, base, ids = built
+    directory = built[0]
     before = generations(directory)
     more = clustered(300, 9, centres=60)
     # A child process adds vectors and dies (os._exit: no cleanup runs, as with SIGKILL) while
