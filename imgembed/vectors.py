@@ -12,10 +12,6 @@ search parameters (:class:`IndexSpec`), chosen by :func:`choose`:
   vector.
 - ``auto``: flat below 200,000 vectors, ivfpq beyond; re-chosen (and re-trained on the stored
   vectors) whenever the size calls for another number of lists.
-
-Defaults were set with bench/search_scale.py on 1,000,000 clustered 128-d vectors: hnsw with
-efSearch 128/256/512 reached Recall@10 0.912/0.946/0.955; ivfpq with k_factor_rf 8/32/64 reached
-0.749/0.952/0.956, at 180 bytes per vector against 792 for hnsw.
 - ``ondisk``: for collections larger than RAM. ``IVF{nlist},SQ8`` (an HNSW32 graph over the
   centroids from 1,024 lists on) with nlist about 2 sqrt(n) and ``nprobe=nlist/128`` (at least
   32); ``ondisk:CODE`` takes another codec, e.g. ``ondisk:SQfp16``. The lists, codes plus int64
@@ -28,13 +24,19 @@ efSearch 128/256/512 reached Recall@10 0.912/0.946/0.955; ivfpq with k_factor_rf
   more accurate; choose ondisk when the index would not fit in the RAM of the searching machines.
 - anything else is taken as a FAISS factory string, for experts.
 
+Defaults were set with bench/search_scale.py on 1,000,000 clustered 128-d vectors: hnsw with
+efSearch 128/256/512 reached Recall@10 0.912/0.946/0.955; ivfpq with k_factor_rf 8/32/64 reached
+0.749/0.952/0.956, at 180 bytes per vector against 792 for hnsw.
+
 ondisk was measured with bench/ondisk_scale.py on 10,000,000 clustered 128-d vectors (2 shared
 cores): ``IVF8192_HNSW32,SQ8``, 136.7 bytes per vector on disk (1.37 GB), built in 26 min (train
 on 409,600 sampled vectors 3 min, add and merge 20 min); Recall@10 0.9415/0.943/0.943/0.943 at
 nprobe 16/32/64/128: a plateau set by the 8-bit codes, which fall behind as neighbours crowd
 (1M: 0.967, 200k: 0.973). With ``ondisk:SQfp16`` (265.7 B/vector) 1M reached 0.999. nprobe
 nlist/128 is twice where recall stopped growing on this data, as margin for real embeddings. A
-searching process holds about 31 MB of its own memory plus the mapped pages the kernel leaves it.
+searching process holds about 31 MB of its own memory plus the mapped pages the kernel leaves it;
+one query at nprobe 64 took 2.4 ms (median) with the file in page cache, and 266 ms under a
+512 MiB cgroup memory limit (2.6x smaller than the index), where every probe reads from disk.
 
 Only flat indexes support removing vectors in place; the others are rebuilt from the stored
 vectors after removals. This module needs no torch.
