@@ -201,7 +201,8 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     re-embedded; rows of files that disappeared are removed when ``prune``. Undecodable files
     are recorded as skipped with a reason, and not retried until they change. Work is committed
     every ``commit_every`` images, so an interrupted run keeps what it had committed, and the
-    FAISS file is re-published at least every ``publish_every_s`` seconds for concurrent readers.
+    FAISS file is re-published every ``publish_every_s`` seconds for concurrent readers (less
+    often where publishing takes long, as for a large ``ondisk`` index: at most a tenth of the run).
     Files whose mtime changed but whose content did not are not re-embedded, and a file moved or
     renamed within the folder keeps its vector. A decode that takes longer than
     ``decode_timeout`` seconds is abandoned and the file skipped. Only one process writes to an
@@ -237,15 +238,19 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
         bad: list[Skipped] = []
         remove: list[int] = []
 
-        published = time.monotonic()
+        published, publish_cost = time.monotonic(), 0.0
 
         def flush() -> None:
-            nonlocal published
+            # Publishing a large ondisk index rewrites its lists: never spend over a tenth of
+            # the run on it.
+            nonlocal published, publish_cost
             idx.commit(remove=remove, add=add, skipped=bad)
             add.clear(), bad.clear(), remove.clear()
-            if time.monotonic() - published > publish_every_s:
+            if time.monotonic() - published > max(publish_every_s, 10 * publish_cost):
+                start = time.monotonic()
                 idx.save()
                 published = time.monotonic()
+                publish_cost = published - start
 
         try:
             done = 0

@@ -25,6 +25,10 @@ from .store import ImageRow, MetadataStore, NewImage, Skipped
 FORMAT = "imgembed-index"
 FORMAT_VERSION = 1
 MANIFEST, DATABASE, FAISS_FILE = "manifest.json", "metadata.sqlite", "vectors.faiss"
+# ondisk indexes: candidates re-scored with the stored vectors, per result asked for. At 10M
+# vectors this lifted Recall@10 from 0.943 (the 8-bit codes' plateau) to 1.000, for 0.2 ms a query
+# (bench/ondisk_scale.py).
+RERANK, RERANK_MIN = 4, 40
 
 
 @dataclass(frozen=True)
@@ -192,13 +196,34 @@ class ImageIndex:
         return int(self.faiss.ntotal) + (int(self._added.ntotal) if self._added is not None else 0)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """For each row of ``queries`` (q, dim), up to ``k`` hits, best first."""
+        """For each row of ``queries`` (q, dim), up to ``k`` hits, best first.
+
+        An ``ondisk`` index stores 8-bit codes, whose scores are approximate: its best
+        ``RERANK x k`` candidates (at least ``RERANK_MIN``) are re-scored exactly with the vectors
+        stored in SQLite, so ranks and scores are those of the real vectors.
+        """
         indexes = [self.faiss] if self._added is None else [self.faiss, self._added]
-        scores, ids = vectors.search_all(indexes, queries, k + self._stale)  # stale ids are skipped
+        want = k + self._stale  # stale ids are skipped
+        if vectors.is_ondisk(self.faiss):
+            _, ids = vectors.search_all(indexes, queries, max(RERANK * want, RERANK_MIN))
+            scores, ids = self._exact_scores(queries, ids, want)
+        else:
+            scores, ids = vectors.search_all(indexes, queries, want)
         rows = self.store.rows_by_id(i for i in ids.ravel() if i >= 0)
         return [[Hit(rank, float(s), rows[int(i)]) for rank, (s, i) in enumerate(
                     [(s, i) for s, i in zip(srow, irow) if i >= 0 and int(i) in rows][:k], start=1)]
                 for srow, irow in zip(scores, ids)]
+
+    def _exact_scores(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Re-score candidate ``ids`` (q, m) with the stored vectors; the best ``k`` of each row."""
+        stored = self.store.vectors_by_id(np.unique(ids[ids >= 0]))
+        zero = np.zeros(self.dim, np.float32)
+        cand = np.stack([np.stack([stored.get(int(i), zero) for i in row]) for row in ids])  # (q, m, d)
+        scores = np.einsum("qmd,qd->qm", cand, np.asarray(queries, np.float32))
+        scores[~np.isin(ids, list(stored))] = -np.inf
+        ids = np.where(np.isfinite(scores), ids, -1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
     # -- writing -------------------------------------------------------------------------
 

@@ -162,6 +162,16 @@ class MetadataStore:
             out.update((r[0], _row(r)) for r in self.db.execute(q, chunk))
         return out
 
+    def vectors_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The stored (d,) float32 vectors of ``ids`` that exist."""
+        ids = [int(i) for i in ids]
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            q = f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update((r[0], np.frombuffer(r[1], dtype="<f4").astype(np.float32)) for r in self.db.execute(q, chunk))
+        return out
+
     def rows_under(self, root: str) -> dict[str, ImageRow]:
         """Rows of one root, keyed by relative path."""
         q = f"SELECT {_ROW_COLS} FROM images WHERE root = ?"
