@@ -104,6 +104,8 @@ class _Embed:
         model = ray.get(model_ref[0])
         if torch.cuda.is_available():  # the actor was given a GPU
             model = model.to("cuda")
+            if model.precision == "bf16" and not torch.cuda.is_bf16_supported():
+                model.set_precision("fp32")  # pre-Ampere GPUs: bf16 would be emulated
         else:
             torch.set_num_threads(max(1, threads))
         self.model = model
