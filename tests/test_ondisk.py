@@ -201,7 +201,8 @@ SEARCHER = textwrap.dedent("""
     index = vectors.load(path, f"nprobe={nprobe}")
     _, ids = index.search(queries, 5)
     status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    print(json.dumps({"ids": ids.tolist(), "hwm": int(status["VmHWM"].split()[0]) * 1024}))
+    kib = lambda key: int(status[key].split()[0]) * 1024
+    print(json.dumps({"ids": ids.tolist(), "hwm": kib("VmHWM"), "anon": kib("RssAnon")}))
 """)
 
 
@@ -246,9 +247,12 @@ def search_in_subprocess(directory: Path, nprobe: int, cgroup: Path | None = Non
 def test_search_peak_rss_stays_far_below_the_index_size(big_index):
     directory, size = big_index
     out = search_in_subprocess(directory, nprobe=1)
-    # Measured ~120 MB (Python, numpy and FAISS ~70 MB, plus the lists touched); reading the
-    # lists into RAM instead of mapping them would take over 413 MB.
-    assert out["hwm"] < size / 2, (out["hwm"], size)
+    # The process's own (anonymous) memory: measured 20 MB (Python, numpy, FAISS, the
+    # quantizer); reading the lists into RAM instead of mapping them measured 414 MB.
+    assert out["anon"] < size / 4, (out["anon"], size)
+    # Peak RSS also counts the mapped pages the 8 queries touched (one list of ~26 MB each):
+    # measured 120-220 MB (which lists depends on training); with the lists in RAM, 830 MB.
+    assert out["hwm"] < size, (out["hwm"], size)
 
 
 @pytest.mark.skipif(not os.access(CGROUP_V1, os.W_OK), reason="cgroup v1 memory controller not writable (needs root)")
