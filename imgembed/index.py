@@ -103,24 +103,32 @@ class ImageIndex:
         While a writer runs, the FAISS file may lag behind SQLite: searches see what it last
         published, and skip rows deleted since. With no writer running, a FAISS file out of step
         with SQLite (left by a killed run) is rebuilt in memory from the stored vectors and
-        :attr:`problem` says so; ``imgembed check --repair`` fixes the file.
+        :attr:`problem` says so; ``imgembed check --repair`` fixes the file. An ``ondisk`` index
+        is not rebuilt (it may exceed this machine's RAM): the rows its file lacks are added to
+        lists in RAM, and the rows it has in excess are skipped.
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
         _check_model(directory, manifest, model_identity)
         store = MetadataStore(directory / DATABASE)
+        added, excess = None, 0
         try:
             faiss_index = vectors.load(directory / FAISS_FILE, _spec(manifest).params)
             problem = _consistency_problem(manifest, store, faiss_index)
             if problem and not writer_active(directory):
                 problem = f"{directory / FAISS_FILE}: {problem}"
-                faiss_index = _rebuild(manifest, store)
+                if vectors.is_ondisk(faiss_index) and faiss_index.d == int(manifest["model"]["dim"]):
+                    added, excess = _catch_up(directory / FAISS_FILE, _spec(manifest).params, store, faiss_index)
+                else:
+                    faiss_index = _rebuild(manifest, store)
             else:
                 problem = None
         except BaseException:
             store.close()
             raise
-        return cls(directory, manifest, store, faiss_index, problem=problem)
+        index = cls(directory, manifest, store, faiss_index, problem=problem)
+        index._added, index._stale = added, excess
+        return index
 
     @classmethod
     def open_for_write(cls, directory: str | Path, model_identity: dict | None, model_source: dict | None = None,
@@ -304,6 +312,19 @@ def _consistency_problem(manifest: dict, store: MetadataStore, faiss_index) -> s
     if not np.array_equal(np.sort(vectors.stored_ids(faiss_index)), store.ids()):
         return f"vector ids do not match the rows of {store.path.name}"
     return None
+
+
+def _catch_up(path: Path, params: str, store: MetadataStore, ondisk) -> tuple:
+    """For an ``ondisk`` index behind SQLite: (lists in RAM holding the stored rows its file
+    lacks, the number of ids it holds whose rows are gone)."""
+    have, want = vectors.stored_ids(ondisk), store.ids()
+    missing = np.setdiff1d(want, have)
+    added = vectors.empty_like(path, params)
+    for start in range(0, len(missing), 10_000):
+        chunk = missing[start:start + 10_000]
+        found = store.vectors_by_id(chunk)
+        vectors.add(added, chunk, np.stack([found[int(i)] for i in chunk]))
+    return added, len(np.setdiff1d(have, want))
 
 
 def _spec(manifest: dict) -> vectors.IndexSpec:

@@ -162,10 +162,11 @@ def test_writer_killed_mid_save_leaves_a_readable_index(built, where):
     assert subprocess.run([sys.executable, "-c", script], env=env).returncode == 9
     assert before[0] in generations(directory)  # the published generation is untouched
     with ImageIndex.open(directory, IDENT) as idx:
-        # SQLite committed the new rows, the FAISS pair is the old one: the reader says so and
-        # searches a copy rebuilt in memory from the stored vectors.
+        # SQLite committed the new rows, the FAISS pair is the old one: the reader says so, keeps
+        # the mapped file (no rebuild in RAM) and adds the 300 rows it lacks to lists in RAM.
         assert idx.problem and "3000 vectors" in idx.problem
-        assert len(idx) == 3300 and top1(idx, more[:20]).min() > 0
+        assert vectors.is_ondisk(idx.faiss) and idx.faiss.ntotal == 3000 and idx._added.ntotal == 300
+        assert len(idx) == 3300 and list(top1(idx, more[:20])) == list(range(3001, 3021))  # each finds itself
     with ImageIndex.open_for_write(directory, IDENT):  # a writer repairs and cleans up
         pass
     assert len(generations(directory)) == 1 and not list(directory.glob(".*.build"))
