@@ -82,6 +82,30 @@ def driver_ceiling(directory: Path, dim: int, n: int = 20_000, chunk: int = 256)
     return n / (time.perf_counter() - start)
 
 
+def driver_memory_per_file(directory: Path, n: int = 20_000) -> tuple[float, float]:
+    """Bytes of Python memory per file to embed that the driver holds: its plan, and the Ray
+    engine's input rows (tracemalloc, over ``n`` new files with 30-character names)."""
+    import tracemalloc
+
+    from imgembed.api import _plan
+    from imgembed.store import MetadataStore
+
+    root = directory / "names"
+    for i in range(n):
+        path = root / f"group{i % 20:02d}" / f"some_longish_photo_name_{i:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    with MetadataStore(directory / "plan.sqlite", create=True) as store:
+        tracemalloc.start()
+        plan = _plan(root, store, True)
+        planned = tracemalloc.get_traced_memory()[0]
+        items = [{"pos": i, "path": os.fsencode(t[0])} for i, t in enumerate(plan.todo)]
+        rows = tracemalloc.get_traced_memory()[0] - planned
+        tracemalloc.stop()
+    assert len(items) == n
+    return planned / n, rows / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3000)
@@ -136,6 +160,8 @@ def main() -> None:
                       f"skipped lists {'identical' if skipped == skipped_ref else 'DIFFER'}")
         finally:
             ray.shutdown()
+        plan, rows = driver_memory_per_file(tmp)
+        print(f"driver memory per file to embed: plan {plan:.0f} B, Ray input rows {rows:.0f} B")
         for dim in (model.dim, 128):
             rate = driver_ceiling(tmp / f"ingest{dim}", dim)
             print(f"driver ingest ceiling, {dim}-d vectors: {rate:,.0f} images/s (SQLite commit + FAISS add, no model)")
