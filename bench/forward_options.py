@@ -51,23 +51,22 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - report and go on
             rows.append((f"{name}: failed ({type(e).__name__})", 0.0))
 
+    def traced_rate(onednn_fusion: bool) -> float:
+        torch.jit.enable_onednn_fusion(onednn_fusion)
+        try:
+            with torch.inference_mode(), autocast(precision):
+                traced = torch.jit.freeze(torch.jit.trace(model.eval(), x[:2]))
+
+            def run_traced(x):
+                with torch.inference_mode(), autocast(precision):
+                    return traced(x)
+            return images_per_second(run_traced, x, warmup=2)
+        finally:
+            torch.jit.enable_onednn_fusion(False)
+
     try:
-        with torch.inference_mode(), autocast(precision):
-            traced = torch.jit.freeze(torch.jit.trace(model.eval(), x[:2]))
-
-        def run_traced(x):
-            with torch.inference_mode(), autocast(precision):
-                return traced(x)
-        rows.append(("TorchScript trace + freeze", images_per_second(run_traced, x, warmup=2)))
-        torch.jit.enable_onednn_fusion(True)
-        with torch.inference_mode(), autocast(precision):
-            fused = torch.jit.freeze(torch.jit.trace(model.eval(), x[:2]))
-
-        def run_fused(x):
-            with torch.inference_mode(), autocast(precision):
-                return fused(x)
-        rows.append(("TorchScript + oneDNN graph fusion", images_per_second(run_fused, x, warmup=2)))
-        torch.jit.enable_onednn_fusion(False)
+        rows.append(("TorchScript trace + freeze", traced_rate(False)))
+        rows.append(("TorchScript + oneDNN graph fusion", traced_rate(True)))
     except Exception as e:  # noqa: BLE001
         rows.append((f"TorchScript: failed ({type(e).__name__}: {str(e)[:60]})", 0.0))
 

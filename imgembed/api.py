@@ -220,9 +220,9 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     if not Path(folder).is_dir():
         raise InputError(f"not a folder: {folder}")
     if engine == "ray":
-        from .ray_engine import _ray
+        from .ray_engine import require
 
-        _ray()  # fail before any work when Ray is not installed
+        require()  # fail before any work when Ray is not installed
     root = Path(folder).resolve()
     model = model or load_model()
     report = IndexReport(index=str(index_dir), root=str(root))

@@ -40,7 +40,8 @@ ACTOR_MEMORY = 1 << 30
 INSTALL_HINT = "--engine ray needs Ray; install it with: pip install 'imgembed[ray]'"
 
 
-def _ray():
+def require():
+    """The ``ray`` module, or :class:`EngineError` saying how to install it."""
     try:
         import ray
         import ray.data  # noqa: F401  (Ray core alone lacks the Data library)
@@ -54,7 +55,7 @@ class _Connection:
     cluster on this machine's cores. Only a cluster started here is shut down on exit."""
 
     def __init__(self, address: str | None):
-        self.ray = _ray()
+        self.ray = require()
         self.owned = False
         if self.ray.is_initialized():
             return

@@ -153,24 +153,19 @@ class MetadataStore:
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
-    def rows_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+    def _by_id(self, columns: str, ids: Iterable[int]) -> Iterator[tuple]:
+        """Rows of ``SELECT columns`` (the first being ``id``) for ``ids``, 500 ids a query."""
         ids = [int(i) for i in ids]
-        out: dict[int, ImageRow] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            q = f"SELECT {_ROW_COLS} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
-            out.update((r[0], _row(r)) for r in self.db.execute(q, chunk))
-        return out
+            yield from self.db.execute(f"SELECT {columns} FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+    def rows_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        return {r[0]: _row(r) for r in self._by_id(_ROW_COLS, ids)}
 
     def vectors_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """The stored (d,) float32 vectors of ``ids`` that exist."""
-        ids = [int(i) for i in ids]
-        out: dict[int, np.ndarray] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            q = f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(chunk))})"
-            out.update((r[0], np.frombuffer(r[1], dtype="<f4").astype(np.float32)) for r in self.db.execute(q, chunk))
-        return out
+        return {r[0]: np.frombuffer(r[1], dtype="<f4").astype(np.float32) for r in self._by_id("id, vector", ids)}
 
     def rows_under(self, root: str) -> dict[str, ImageRow]:
         """Rows of one root, keyed by relative path."""
