@@ -24,7 +24,7 @@ from . import knn
 from .errors import ImageLoadError, InputError, NoLabelsError
 from .files import content_hash, iter_images
 from .images import DEFAULT_MAX_PIXELS, read_image
-from .index import Hit, ImageIndex, read_manifest
+from .index import MANIFEST, Hit, ImageIndex, read_manifest
 from .store import NewImage, Skipped, from_db
 
 if TYPE_CHECKING:
@@ -43,14 +43,19 @@ Query = str | Path | Image.Image
 
 
 def load_model(name_or_checkpoint: str = "efficientnet_lite0", weights: str = "imagenet",
-               precision: str = "auto") -> "EmbeddingModel":
+               precision: str = "auto", *, index: str | Path | None = None) -> "EmbeddingModel":
     """A registry backbone (default: offline EfficientNet-Lite0) or a ``.pt`` checkpoint.
 
-    ``precision="auto"`` runs bf16 where the hardware does so natively, fp32 elsewhere.
+    ``precision="auto"`` runs bf16 where the hardware does so natively, fp32 elsewhere. With
+    ``index``, an existing index built by the same backbone lends its preprocessing and pooling,
+    so that an index built before today's defaults keeps embedding its images the old way.
     """
     from .model import load_model as _load
 
-    return _load(name_or_checkpoint, weights, precision)
+    like = None
+    if index is not None and (Path(index) / MANIFEST).is_file():
+        like = read_manifest(Path(index)).get("model")
+    return _load(name_or_checkpoint, weights, precision, like=like)
 
 
 def embed(model: "EmbeddingModel", items: Sequence[Query], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -66,7 +71,7 @@ def embed(model: "EmbeddingModel", items: Sequence[Query], *, max_pixels: int = 
             images.append(item)
             continue
         try:
-            images.append(read_image(item, min_side=model.preprocess.resize, max_pixels=max_pixels).image)
+            images.append(read_image(item, min_side=model.preprocess.min_side, max_pixels=max_pixels).image)
         except ImageLoadError as e:
             raise ImageLoadError(f"{item}: {e}") from None
     return embed_images(model, images)
@@ -336,7 +341,7 @@ class Searcher:
                  *, max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto"):
         if model is None:
             source = read_manifest(Path(index_dir))["model_source"]
-            model = load_model(source["model"], source["weights"], precision)
+            model = load_model(source["model"], source["weights"], precision, index=index_dir)
         self.model = model
         self.index = ImageIndex.open(index_dir, model.identity)
         self.max_pixels = max_pixels

@@ -61,7 +61,15 @@ def _tv_weights_enum(spec: BackboneSpec):
     return get_weight(spec.tv_weights)
 
 
-def default_preprocess(name: str) -> Preprocess:
+# How new models of the default backbone see an image; chosen with bench/quality.py (see
+# docs/quality.md). Indexes and checkpoints record their own, so changing these never changes
+# an existing index.
+LITE0_FIT, LITE0_SIZE, LITE0_POOLING = "whole", 224, "gem:3"
+
+
+def legacy_preprocess(name: str) -> Preprocess:
+    """The ImageNet evaluation transform (resize, centre crop) that every model used before
+    ``fit`` and ``pooling`` were choices."""
     spec = get_spec(name)
     if spec.tv_weights is None:
         return Preprocess(256, 224, efficientnet_lite.PREPROCESS_MEAN, efficientnet_lite.PREPROCESS_STD,
@@ -69,6 +77,20 @@ def default_preprocess(name: str) -> Preprocess:
     t = _tv_weights_enum(spec).transforms()
     return Preprocess(int(t.resize_size[0]), int(t.crop_size[0]), tuple(t.mean), tuple(t.std),
                       t.interpolation.value)
+
+
+def default_pooling(name: str) -> str:
+    """Pooling of new models: measured for EfficientNet-Lite0 only; the others keep average pooling."""
+    return LITE0_POOLING if get_spec(name).tv_weights is None else "avg"
+
+
+def default_preprocess(name: str) -> Preprocess:
+    """Preprocessing of new models (see :func:`default_pooling` for which backbones changed)."""
+    spec = get_spec(name)
+    if spec.tv_weights is None:
+        return Preprocess(LITE0_SIZE, LITE0_SIZE, efficientnet_lite.PREPROCESS_MEAN, efficientnet_lite.PREPROCESS_STD,
+                          "bicubic", LITE0_FIT)
+    return legacy_preprocess(name)
 
 
 def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, str]:

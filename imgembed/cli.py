@@ -102,17 +102,17 @@ def _max_pixels(value):
     return value or DEFAULT_MAX_PIXELS
 
 
-def _load_model(name: str, weights: str, precision: str):
+def _load_model(name: str, weights: str, precision: str, index_dir: str | None = None):
     from .api import load_model
 
-    return load_model(name, weights, precision)
+    return load_model(name, weights, precision, index=index_dir)
 
 
 def _searcher(index_dir: str, model_name: str | None, weights: str, precision: str, max_pixels: int | None):
     """The index's own model, or ``--model`` checked against it."""
     from .api import Searcher
 
-    model = _load_model(model_name, weights, precision) if model_name else None
+    model = _load_model(model_name, weights, precision, index_dir) if model_name else None
     searcher = Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels), precision=precision)
     _warn_problem(searcher.index.problem, index_dir)
     return searcher
@@ -186,7 +186,7 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
     if engine != "ray" and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors need --engine ray")
 
-    model = _load_model(model_name, weights, precision)
+    model = _load_model(model_name, weights, precision, index_dir)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -363,9 +363,11 @@ def _metrics_line(metrics: dict) -> str:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write, e.g. models/mine.pt.")
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Backbone to train on.")
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH")
-@click.option("--dim", type=click.IntRange(2, 4096), default=128, show_default=True, help="Embedding dimension.")
-@click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True,
-              help="Projection head: Linear-BN-ReLU-Linear, or one Linear layer.")
+@click.option("--dim", type=click.IntRange(2, 4096), default=128, show_default=True,
+              help="Projection dimension (blend: at most classes - 1, added to the backbone's).")
+@click.option("--head", type=click.Choice(["blend", "mlp", "linear"]), default="blend", show_default=True,
+              help="blend: the untrained embedding plus an LDA-initialised projection, weighed on validation "
+                   "(docs/quality.md); mlp: Linear-BN-ReLU-Linear; linear: one Linear layer.")
 @click.option("--hidden", type=click.IntRange(2, 8192), default=1024, show_default=True, help="Hidden width of the mlp head.")
 @click.option("--loss", type=click.Choice(["triplet", "contrastive"]), default="triplet", show_default=True)
 @click.option("--margin", type=click.FloatRange(0, 2), default=0.2, show_default=True, help="Triplet margin (distance units).")
@@ -435,8 +437,15 @@ def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, m
                f"{result.val_images}; features {result.feature_seconds:.1f} s, training {result.train_seconds:.1f} s")
     if result.baseline:
         click.echo(f"untrained: {_metrics_line(result.baseline)}")
-        click.echo(f"trained:   {_metrics_line(result.metrics)}  (epoch {result.best_epoch} of {result.epochs_run}"
-                   f"{', stopped early' if result.stopped_early else ''})")
+        if result.kept_untrained:
+            click.echo("validation: no trained head beat the untrained embedding, so the checkpoint is the "
+                       "untrained model (indexes built with it match the plain backbone's quality)")
+        elif result.blend_weight is not None:
+            click.echo(f"trained:   {_metrics_line(result.metrics)}  (blend weight {result.blend_weight:g}, "
+                       f"{result.best_epoch} fine-tuning epoch(s) from the closed form)")
+        else:
+            click.echo(f"trained:   {_metrics_line(result.metrics)}  (epoch {result.best_epoch} of {result.epochs_run}"
+                       f"{', stopped early' if result.stopped_early else ''})")
     click.echo(f"wrote {result.checkpoint}")
 
 

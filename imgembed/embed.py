@@ -124,7 +124,7 @@ def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, batch_size: int
     if not paths:
         return
     workers = default_workers() if workers is None else workers
-    dataset = _Files(paths, model.preprocess.transform(), model.preprocess.resize, max_pixels, decode_timeout)
+    dataset = _Files(paths, model.preprocess.transform(), model.preprocess.min_side, max_pixels, decode_timeout)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
         prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -29,7 +29,7 @@ from .precision import autocast
 
 
 def backbone_key(model: EmbeddingModel) -> str:
-    ident = {k: model.identity[k] for k in ("backbone", "weights", "preprocess")}
+    ident = {k: model.identity[k] for k in ("backbone", "weights", "preprocess", "pooling") if k in model.identity}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -98,7 +98,7 @@ class _Views(torch.utils.data.Dataset):
             data_hash, stored = _lookup(self.cache_dir, self.paths[i])
             if stored is not None and len(stored) >= self.views:
                 return i, data_hash, stored[:self.views], None, None
-            loaded = read_image(self.paths[i], min_side=self.preprocess.resize, max_pixels=self.max_pixels)
+            loaded = read_image(self.paths[i], min_side=self.preprocess.min_side, max_pixels=self.max_pixels)
             have = 0 if stored is None else len(stored)
             seed = int(data_hash[:8], 16)
             tensors = [self.plain(loaded.image) if v == 0 else augment_transform(self.preprocess, seed + v)(loaded.image)

@@ -1,4 +1,4 @@
-"""The embedding model: backbone -> global average pooling -> projection head -> L2 norm.
+"""The embedding model: backbone -> global pooling -> projection head -> L2 norm.
 
 Until a head is trained the head is the identity, so the embedding is the L2-normalised pooled
 backbone feature. A model knows its :class:`Preprocess` and an identity dict that indexes record,
@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__
-from .backbones import (DEFAULT_BACKBONE, build_classifier, default_preprocess, feature_extractor, get_spec,
-                        load_tensors_file)
+from .backbones import (DEFAULT_BACKBONE, build_classifier, default_pooling, default_preprocess, feature_extractor,
+                        get_spec, load_tensors_file)
 from .errors import ModelError
 from .preprocess import Preprocess
 
@@ -27,26 +27,58 @@ CHECKPOINT_FORMAT = "imgembed-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+def parse_pooling(spec: str) -> float | None:
+    """``"avg"`` -> None (average pooling); ``"gem:P"`` -> P (generalised-mean pooling)."""
+    if spec == "avg":
+        return None
+    kind, _, p = spec.partition(":")
+    try:
+        value = float(p)
+    except ValueError:
+        value = 0.0
+    if kind != "gem" or value <= 0:
+        raise ModelError(f"unknown pooling {spec!r} (expected avg or gem:P with P > 0)")
+    return value
+
+
+def pool(feature_map: torch.Tensor, spec: str = "avg") -> torch.Tensor:
+    """(N, C, h, w) -> (N, C). GeM (Radenovic et al. 2018) is the p-th root of the mean of x^p:
+    p=1 is average pooling, large p tends to max pooling, so it weights the strongest responses."""
+    p = parse_pooling(spec)
+    x = feature_map.float()
+    if p is None:
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+    return F.adaptive_avg_pool2d(x.clamp(min=1e-6).pow(p), 1).flatten(1).pow(1.0 / p)
+
+
 def build_head(config: dict | None, in_dim: int) -> nn.Module:
-    """``None`` -> identity; ``{"type": "linear", "dim": D}``; ``{"type": "mlp", "hidden": H, "dim": D}``."""
+    """``None`` -> identity; ``{"type": "linear", "dim": D}``; ``{"type": "mlp", "hidden": H, "dim": D}``;
+    ``{"type": "blend", "proj": K, "weight": W, "dim": in_dim + K}`` (see :mod:`imgembed.blend`)."""
     if not config:
         return nn.Identity()
     kind = config.get("type")
     if kind == "linear":
         return nn.Linear(in_dim, int(config["dim"]))
+    if kind == "blend":
+        from .blend import BlendHead
+
+        return BlendHead(in_dim, int(config["proj"]), float(config["weight"]))
     if kind == "mlp":
         hidden = int(config["hidden"])
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                              nn.Linear(hidden, int(config["dim"])))
-    raise ModelError(f"unknown head type {kind!r} in checkpoint (expected linear or mlp)")
+    raise ModelError(f"unknown head type {kind!r} in checkpoint (expected blend, linear or mlp)")
 
 
 class EmbeddingModel(nn.Module):
     """Maps a (N, 3, crop, crop) batch to (N, dim) L2-normalised embeddings."""
 
     def __init__(self, backbone_name: str, backbone: nn.Module, weights_id: str,
-                 preprocess: Preprocess, head_config: dict | None = None, checkpoint_id: str | None = None):
+                 preprocess: Preprocess, head_config: dict | None = None, checkpoint_id: str | None = None,
+                 pooling: str = "avg"):
         super().__init__()
+        parse_pooling(pooling)
+        self.pooling = pooling
         self.backbone_name = backbone_name
         self.backbone = backbone
         self.feature_dim = get_spec(backbone_name).feature_dim
@@ -95,25 +127,34 @@ class EmbeddingModel(nn.Module):
 
     @property
     def identity(self) -> dict:
-        """What must match for two sets of vectors to be comparable."""
-        return json.loads(json.dumps({  # plain JSON types, so it compares equal to a manifest's copy
+        """What must match for two sets of vectors to be comparable.
+
+        Average pooling is left out, as are ``crop`` preprocessing's defaults, so that indexes
+        built before pooling and fitting were choices keep matching the model that built them.
+        """
+        ident = {
             "backbone": self.backbone_name,
             "weights": self.weights_id,
             "head": self.head_config,
             "checkpoint": self.checkpoint_id,
             "dim": self.dim,
             "preprocess": self.preprocess.to_dict(),
-        }))
+        }
+        if self.pooling != "avg":
+            ident["pooling"] = self.pooling
+        return json.loads(json.dumps(ident))  # plain JSON types, so it compares equal to a manifest's copy
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features, (N, feature_dim)."""
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map, (N, feature_dim, h, w)."""
         if self.precision == "bf16" and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 x = self.backbone[:self.fp32_stem](x.float())
-            x = self.backbone[self.fp32_stem:](x)
-        else:
-            x = self.backbone(x)
-        return F.adaptive_avg_pool2d(x.float(), 1).flatten(1)
+            return self.backbone[self.fp32_stem:](x)
+        return self.backbone(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features, (N, feature_dim)."""
+        return pool(self.feature_map(x), self.pooling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.features(x)), dim=1)
@@ -127,12 +168,14 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def load_model(name_or_checkpoint: str = DEFAULT_BACKBONE, weights: str = "imagenet",
-               precision: str = "fp32", *, inference: bool = True) -> EmbeddingModel:
+               precision: str = "fp32", *, inference: bool = True, like: dict | None = None) -> EmbeddingModel:
     """A backbone name from the registry, or a path to a ``.pt`` checkpoint from ``imgembed train``.
 
     ``precision`` (``auto|fp32|bf16``) is how inference runs; see :mod:`imgembed.precision`.
     With ``inference`` (the default) BatchNorm is folded into the convolutions; pass False for
-    a model whose backbone will be trained.
+    a model whose backbone will be trained. ``like`` is a model identity (as an index's manifest
+    records it) whose preprocessing and pooling a backbone by name takes instead of today's
+    defaults, so that an index keeps being searched the way it was built.
     """
     path = Path(name_or_checkpoint)
     if name_or_checkpoint.endswith(".pt") or path.is_file():
@@ -140,7 +183,11 @@ def load_model(name_or_checkpoint: str = DEFAULT_BACKBONE, weights: str = "image
     else:
         classifier, weights_id = build_classifier(name_or_checkpoint, weights)
         backbone = feature_extractor(name_or_checkpoint, classifier)
-        model = EmbeddingModel(name_or_checkpoint, backbone, weights_id, default_preprocess(name_or_checkpoint))
+        if like and like.get("backbone") == name_or_checkpoint and like.get("preprocess"):
+            preprocess, pooling = Preprocess.from_dict(like["preprocess"]), like.get("pooling", "avg")
+        else:
+            preprocess, pooling = default_preprocess(name_or_checkpoint), default_pooling(name_or_checkpoint)
+        model = EmbeddingModel(name_or_checkpoint, backbone, weights_id, preprocess, pooling=pooling)
         model.source = {"model": name_or_checkpoint, "weights": weights}
     if inference:
         model.fold_batchnorm()
@@ -168,6 +215,7 @@ def save_checkpoint(model: EmbeddingModel, path: str | Path, *, weights: str, ex
         "head": model.head_config,
         "dim": model.dim,
         "preprocess": model.preprocess.to_dict(),
+        "pooling": model.pooling,
         "head_state": model.head.state_dict(),
         "backbone_state": model.backbone.state_dict() if include_backbone or backbone_trained else None,
         "backbone_trained": backbone_trained,
@@ -197,7 +245,7 @@ def load_checkpoint(path: str | Path) -> EmbeddingModel:
         # A fine-tuned backbone is its own model: features cached for the original do not apply.
         weights_id = f"trained:{digest}" if ckpt.get("backbone_trained") else ckpt.get("weights_id", weights_id)
     model = EmbeddingModel(name, backbone, weights_id, Preprocess.from_dict(ckpt["preprocess"]),
-                           ckpt.get("head"), checkpoint_id=digest)
+                           ckpt.get("head"), checkpoint_id=digest, pooling=ckpt.get("pooling", "avg"))
     model.head.load_state_dict(ckpt["head_state"])
     model.source = {"model": str(path.resolve()), "weights": ckpt["weights"]}
     return model.eval()

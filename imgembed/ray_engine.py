@@ -86,7 +86,7 @@ def _decode(batch: dict, preprocess, max_pixels: int, timeout: float) -> dict:
            "ok": np.zeros(n, bool), "width": np.zeros(n, np.int64), "height": np.zeros(n, np.int64),
            "hash": np.full(n, "", object), "error": np.full(n, "", object)}
     for j, raw in enumerate(batch["path"]):
-        tensor, info, error = decode(Path(os.fsdecode(bytes(raw))), transform, preprocess.resize, max_pixels, timeout)
+        tensor, info, error = decode(Path(os.fsdecode(bytes(raw))), transform, preprocess.min_side, max_pixels, timeout)
         if error is None:
             out["pixels"][j] = tensor.numpy()
             out["ok"][j], out["width"][j], out["height"][j], out["hash"][j] = True, info.width, info.height, info.hash

@@ -33,7 +33,7 @@ from .metrics import retrieval_metrics
 from .model import EmbeddingModel, load_model, save_checkpoint
 from .precision import autocast
 
-HEADS = ("mlp", "linear")
+HEADS = ("blend", "mlp", "linear")
 LOSSES = ("triplet", "contrastive")
 SPLITS = ("images", "classes")
 
@@ -43,7 +43,7 @@ class TrainConfig:
     model: str = "efficientnet_lite0"
     weights: str = "imagenet"
     dim: int = 128
-    head: str = "mlp"
+    head: str = "blend"
     hidden: int = 1024
     loss: str = "triplet"
     margin: float = 0.2
@@ -80,6 +80,7 @@ class TrainConfig:
             raise InputError("batches need at least 2 classes and 2 images per class")
 
     def head_config(self) -> dict:
+        """The mlp and linear heads' shape; the blend head's depends on the data (see :mod:`.blend`)."""
         if self.head == "linear":
             return {"type": "linear", "dim": self.dim}
         return {"type": "mlp", "hidden": self.hidden, "dim": self.dim}
@@ -121,6 +122,11 @@ class TrainResult:
     feature_seconds: float
     train_seconds: float
     history: list[EpochLog] = field(default_factory=list)
+    blend_weight: float | None = None  # blend head: 0 means the untrained embedding won validation
+
+    @property
+    def kept_untrained(self) -> bool:
+        return self.blend_weight == 0
 
     def to_dict(self) -> dict:
         return {
@@ -132,6 +138,8 @@ class TrainResult:
             "best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
             "feature_seconds": round(self.feature_seconds, 2), "train_seconds": round(self.train_seconds, 2),
             "history": [h.to_dict() for h in self.history],
+            **({"blend_weight": self.blend_weight, "kept_untrained": self.kept_untrained}
+               if self.blend_weight is not None else {}),
         }
 
 
@@ -174,6 +182,8 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = No
         runner = _FinetuneRunner(config, data, train_idx, val_idx, progress)
     else:
         runner = _FrozenRunner(config, data, train_idx, val_idx, cache_dir, progress)
+    if config.head == "blend" and config.finetune_blocks == 0:
+        return _train_blend(config, data, dropped, runner, train_idx, val_idx, out, rng, on_epoch)
     head_config = config.head_config()
     trainable = runner.build(head_config)
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -227,6 +237,51 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = No
         train_seconds=time.perf_counter() - started, history=history)
 
 
+def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: "_FrozenRunner", train_idx, val_idx, out: Path,
+                 rng: np.random.Generator, on_epoch) -> TrainResult:
+    """The default head: see :mod:`imgembed.blend`. Seconds on a CPU, so it does not resume."""
+    from . import blend
+
+    started = time.perf_counter()
+    loss_fn = lambda emb, labels: metric_loss(config, emb, labels)  # noqa: E731
+    batches = lambda labels: pk_batches(labels, config.classes_per_batch, config.images_per_class, rng)  # noqa: E731
+    val_ok = len(runner.val_labels) > 0 and len(np.unique(runner.val_labels)) >= 2
+    history: list[EpochLog] = []
+    if val_ok:
+        result = blend.fit(runner.train_feats, runner.train_labels, runner.val_feats[:, 0], runner.val_labels,
+                           dim=config.dim, epochs=config.epochs, lr=config.lr, loss_fn=loss_fn, batches=batches,
+                           seed=config.seed)
+        for epoch, loss, weight, metrics in result.history:
+            log = EpochLog(epoch, loss, {**metrics, "weight": weight}, config.lr, 0.0, epoch == result.epochs)
+            history.append(log)
+            if on_epoch:
+                on_epoch(log)
+        weight, epochs, metrics, baseline = result.weight, result.epochs, result.validation, result.untrained
+        feats = torch.cat([runner.train_feats, runner.val_feats])
+        labels = np.concatenate([runner.train_labels, runner.val_labels])
+    else:  # nothing to choose on: the closed form, at an even blend
+        weight, epochs, metrics, baseline = 1.0, 0, {}, {}
+        feats, labels = runner.train_feats, runner.train_labels
+    model = runner.base
+    if weight > 0:
+        linear = blend.refit(feats, labels, dim=config.dim, epochs=epochs, lr=config.lr, loss_fn=loss_fn,
+                             batches=batches)
+        head_config = blend.head_config(model.feature_dim, linear.out_features, weight)
+        model = EmbeddingModel(model.backbone_name, model.backbone, model.weights_id, model.preprocess,
+                               head_config, pooling=model.pooling)
+        model.folded = runner.base.folded
+        model.head.linear.load_state_dict(linear.state_dict())
+    runner.model = model
+    _save(runner, config, data, out, metrics, baseline, epochs)
+    resume_path(out).unlink(missing_ok=True)
+    return TrainResult(
+        checkpoint=str(out), classes=data.classes, dropped_classes=dropped,
+        failed=[(str(data.paths[i]), r) for i, r in runner.failed], train_images=len(train_idx),
+        val_images=len(val_idx), baseline=baseline, metrics=metrics, best_epoch=epochs,
+        epochs_run=config.epochs if val_ok else 0, stopped_early=False, feature_seconds=runner.feature_seconds,
+        train_seconds=time.perf_counter() - started, history=history, blend_weight=weight)
+
+
 def _save(runner, config: TrainConfig, data: LabelledSet, out: Path, metrics: dict, baseline: dict, epoch: int):
     extra = {"classes": data.classes, "train_config": asdict(config), "metrics": metrics,
              "baseline_metrics": baseline, "epoch": epoch}
@@ -270,7 +325,9 @@ class _FrozenRunner:
         t0 = time.perf_counter()
         self.failed = []
         self.train_feats, self.train_labels = self._features(cache, train_idx, config.views, "features (train)")
-        self.val_feats, self.val_labels = self._features(cache, val_idx, 1, "features (validation)")
+        # The blend head is fitted again on all images at the end, so validation needs every view.
+        val_views = config.views if config.head == "blend" else 1
+        self.val_feats, self.val_labels = self._features(cache, val_idx, val_views, "features (validation)")
         self.feature_seconds = time.perf_counter() - t0
         if len(np.unique(self.train_labels)) < 2:
             raise InputError("fewer than 2 classes left to train on")
@@ -286,7 +343,7 @@ class _FrozenRunner:
 
     def build(self, head_config: dict):
         self.model = EmbeddingModel(self.base.backbone_name, self.base.backbone, self.base.weights_id,
-                                    self.base.preprocess, head_config)
+                                    self.base.preprocess, head_config, pooling=self.base.pooling)
         self.model.folded = self.base.folded
         return list(self.model.head.parameters())
 
@@ -348,7 +405,8 @@ class _FinetuneRunner:
         from torchvision import transforms as T
 
         base = load_model(self.config.model, self.config.weights, self.config.precision, inference=False)
-        self.model = EmbeddingModel(base.backbone_name, base.backbone, base.weights_id, base.preprocess, head_config)
+        self.model = EmbeddingModel(base.backbone_name, base.backbone, base.weights_id, base.preprocess, head_config,
+                                    pooling=base.pooling)
         self.model.source = base.source
         self.model.to(self.device).set_precision(self.config.precision)
         trunk = self.model.backbone
@@ -384,7 +442,7 @@ class _FinetuneRunner:
         labels = self.data.labels[self.train_idx]
         batches = [self.train_idx[b] for b in pk_batches(labels, self.config.classes_per_batch,
                                                          self.config.images_per_class, rng)]
-        loader = torch.utils.data.DataLoader(_Images(self.data.paths, self.augment, self.model.preprocess.resize), batch_sampler=batches,
+        loader = torch.utils.data.DataLoader(_Images(self.data.paths, self.augment, self.model.preprocess.min_side), batch_sampler=batches,
                                              num_workers=self.config.workers or 0, collate_fn=_collate)
         losses = []
         for n, items in enumerate(loader):

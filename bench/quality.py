@@ -1,0 +1,405 @@
+"""Retrieval quality on real image sets nobody tuned for: few-shot, open-set and instance protocols.
+
+    .venv/bin/python bench/quality.py                   # everything: the tables of docs/quality.md
+    .venv/bin/python bench/quality.py --variants        # also the input/pooling grid (section 2)
+
+Sets (bench/quality_data.py): drawings (openclipart leaf and top-level groupings, digits) and
+photographs (Fashion-MNIST, the labelled photo set where installed). ``TUNE`` sets chose the
+defaults; ``HELD_OUT`` sets only confirm them.
+
+Protocols, the same seeded splits for every method:
+- few-shot: S = 5, 10, 30 labelled images per class form the gallery (and the training set);
+  every other image (up to 30 per class) is a query: k-NN accuracy of the vote `classify`
+  uses (k=5, similarity-weighted) and mAP@R against the gallery.
+- open set: train on half of the classes (up to 30 images each); mAP@R and R@1 leave-one-out
+  among the images of the other half.
+- instance: altered copies (crop 80-90%, rotation, colour, blur, downscale to 30-60%, JPEG
+  quality 30-70) of photographs and drawings, searched among the originals and every other
+  image of their kind; rank-1 is finding the original first.
+
+Methods: ``legacy`` (centre crop, average pooling: indexes built before this benchmark),
+``default`` (today's untrained default), ``pca-white`` (PCA-whitening of the default features
+fitted on the gallery without labels), ``lda`` (regularised LDA fitted on the gallery with
+labels) and ``train`` (`imgembed train` with its defaults, on the gallery folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+import quality_data
+from quality_data import HERE, KIND
+
+OUT = HERE / "data" / "quality"
+TUNE = ("clipart", "fashion")
+HELD_OUT = ("clipart-top", "digits", "photos")
+SHOTS = (5, 10, 30)
+QUERIES_PER_CLASS = 30
+POOLINGS = ("avg", "gem:2", "gem:3", "gem:4")
+VARIANTS = {  # name -> (fit, resize, size)
+    "crop224": ("crop", 256, 224),
+    "whole224": ("whole", 224, 224),
+    "pad224": ("pad", 224, 224),
+    "whole288": ("whole", 288, 288),
+    "pad288": ("pad", 288, 288),
+}
+
+
+# -- features ---------------------------------------------------------------------------------
+
+def _model(fit="crop", resize=256, size=224, pooling="avg"):
+    from imgembed.model import load_model
+
+    like = {"backbone": "efficientnet_lite0", "pooling": pooling, "preprocess": {
+        "resize": resize, "crop": size, "mean": [127 / 255] * 3, "std": [128 / 255] * 3,
+        "interpolation": "bicubic", "fit": fit}}
+    return load_model("efficientnet_lite0", "imagenet", "auto", like=like)
+
+
+def _load(item, min_side):
+    from imgembed.images import read_image, to_rgb
+
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    return read_image(item, min_side=min_side, max_pixels=400_000_000).image
+
+
+class _Set:
+    def __init__(self, items, transform, min_side):
+        self.items, self.transform, self.min_side = items, transform, min_side
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.transform(_load(self.items[i], self.min_side))
+
+
+def feature_maps_pooled(model, items, poolings, batch=32) -> dict[str, np.ndarray]:
+    """Pool each image's feature map every way in ``poolings``: {pooling: (n, 1280) float32}."""
+    import torch
+
+    from imgembed.model import pool
+    from imgembed.precision import autocast
+
+    loader = torch.utils.data.DataLoader(_Set(items, model.preprocess.transform(), model.preprocess.min_side),
+                                         batch_size=batch, num_workers=2)
+    out = {p: [] for p in poolings}
+    with torch.inference_mode():
+        for x in loader:
+            with autocast(model.precision, torch.device("cpu")):
+                fmap = model.feature_map(x.contiguous(memory_format=torch.channels_last)).float()
+            for p in poolings:
+                out[p].append(pool(fmap, p).numpy())
+    return {p: np.concatenate(v) for p, v in out.items()}
+
+
+_STORES: dict[str, dict] = {}
+
+
+def _store(variant: str) -> dict:
+    """Features of files by resolved path, one file per variant, shared by every set."""
+    if variant not in _STORES:
+        path = OUT / "features" / f"files-{variant}.npz"
+        store = {}
+        if path.is_file():
+            data = np.load(path)
+            for i, name in enumerate(data["paths"]):
+                store[str(name)] = {p: data[p][i] for p in POOLINGS}
+        _STORES[variant] = store
+    return _STORES[variant]
+
+
+def _save_store(variant: str) -> None:
+    store = _STORES[variant]
+    names = sorted(store)
+    path = OUT / "features" / f"files-{variant}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, paths=np.array(names), **{p: np.stack([store[n][p] for n in names]) for p in POOLINGS})
+
+
+def _compute(key, items, variant):
+    fit, resize, size = VARIANTS[variant]
+    t0 = time.perf_counter()
+    feats = feature_maps_pooled(_model(fit, resize, size), items, POOLINGS)
+    print(f"  features {key} {variant}: {len(items)} images in {time.perf_counter() - t0:.0f} s", flush=True)
+    return feats
+
+
+def cached(key: str, items, variant: str) -> dict[str, np.ndarray]:
+    """{pooling: (n, 1280)} for files (cached by path across sets) or in-memory images (by key)."""
+    if all(isinstance(i, Path) for i in items):
+        store = _store(variant)
+        names = [str(Path(i).resolve()) for i in items]
+        legacy = OUT / "features" / f"{key}-{variant}.npz"
+        if legacy.is_file():  # written by an earlier version of this script, in the order of items
+            data = np.load(legacy)
+            if len(data[POOLINGS[0]]) == len(items):
+                for i, n in enumerate(names):
+                    store.setdefault(n, {p: data[p][i] for p in POOLINGS})
+        todo = sorted({n for n in names if n not in store})
+        if todo:
+            feats = _compute(key, [Path(n) for n in todo], variant)
+            for i, n in enumerate(todo):
+                store[n] = {p: feats[p][i] for p in POOLINGS}
+            _save_store(variant)
+        return {p: np.stack([store[n][p] for n in names]) for p in POOLINGS}
+    path = OUT / "features" / f"{key}-{variant}.npz"
+    if path.is_file():
+        data = np.load(path)
+        if len(data[POOLINGS[0]]) == len(items):
+            return {p: data[p] for p in POOLINGS}
+    feats = _compute(key, items, variant)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **feats)
+    return feats
+
+
+def l2n(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# -- instance copies --------------------------------------------------------------------------
+
+ALTERATIONS = ("crop", "rotate", "colour", "blur", "downscale", "jpeg")
+
+
+def alter(image: Image.Image, kind: str, rng: np.random.Generator, drawing: bool) -> Image.Image:
+    image = image.convert("RGB")
+    w, h = image.size
+    if kind == "crop":
+        f = rng.uniform(0.8, 0.9)
+        cw, ch = int(w * f), int(h * f)
+        x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+        return image.crop((x, y, x + cw, y + ch))
+    if kind == "rotate":
+        angle = rng.uniform(5, 15) * rng.choice([-1, 1])
+        return image.rotate(angle, resample=Image.BICUBIC, fillcolor=(255, 255, 255) if drawing else (0, 0, 0))
+    if kind == "colour":
+        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.7, 1.3))
+        image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.3))
+        return ImageEnhance.Color(image).enhance(rng.uniform(0.5, 1.5))
+    if kind == "blur":
+        return image.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.5) * max(w, h) / 500))
+    if kind == "downscale":
+        f = rng.uniform(0.3, 0.6)
+        return image.resize((max(1, int(w * f)), max(1, int(h * f))), Image.BICUBIC)
+    if kind == "jpeg":
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=int(rng.integers(30, 71)))
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    raise ValueError(kind)
+
+
+def skimage_photos() -> list[Path]:
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "horse.png",
+             "camera.png", "brick.png", "grass.png", "gravel.png", "coins.png", "moon.png", "page.png",
+             "hubble_deep_field.jpg", "retina.jpg", "immunohistochemistry.png", "ihc.png", "cell.png"]
+    return [data / n for n in names if (data / n).is_file()]
+
+
+# -- methods ----------------------------------------------------------------------------------
+
+def knn_and_map(q, ql, g, gl) -> dict:
+    from imgembed.metrics import retrieval_metrics
+
+    m = retrieval_metrics(q, ql, g, gl)
+    return {"knn": m["knn_accuracy"], "map": m["map_at_r"]}
+
+
+def open_metrics(x, labels) -> dict:
+    from imgembed.metrics import retrieval_metrics
+
+    m = retrieval_metrics(x, labels)
+    return {"map": m["map_at_r"], "r1": m["precision_at_1"]}
+
+
+def splits(labels, seed):
+    """Per class a seeded permutation: the first S images are the S-shot gallery, images from
+    position 30 on (up to QUERIES_PER_CLASS) are the queries, the same for every S."""
+    rng = np.random.default_rng(seed)
+    order, queries = {}, []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        order[c] = members
+        queries += list(members[max(SHOTS):max(SHOTS) + QUERIES_PER_CLASS])
+    return order, np.array(sorted(queries))
+
+
+def gallery_of(order, shots):
+    return np.array(sorted(i for m in order.values() for i in m[:shots]))
+
+
+class Trainer:
+    """Runs the real `imgembed train` on a folder of links to the gallery images, then applies
+    the checkpoint's head to the default model's cached features (the same vectors `index`
+    would compute: the head runs on the pooled backbone features)."""
+
+    def __init__(self, paths, default_feats):
+        self.paths, self.default_feats = paths, default_feats
+
+    def __call__(self, name, idx, labels, classes, evaluate_idx_list):
+        import torch
+
+        from imgembed.model import load_checkpoint
+        from imgembed.train import TrainConfig, train
+
+        key = hashlib.sha256(json.dumps([name, idx.tolist()]).encode()).hexdigest()[:12]
+        folder = OUT / "splits" / key
+        if not folder.is_dir():
+            for i in idx:
+                d = folder / classes[labels[i]].replace("/", "__")
+                d.mkdir(parents=True, exist_ok=True)
+                (d / f"{i:06d}{self.paths[i].suffix}").symlink_to(self.paths[i].resolve())
+        out = OUT / "models" / f"{key}.pt"
+        t0 = time.perf_counter()
+        train(folder, out, TrainConfig(), cache_dir=OUT / "featcache")
+        self.seconds = time.perf_counter() - t0
+        model = load_checkpoint(out).eval()
+        with torch.no_grad():
+            return [l2n(model.head(torch.from_numpy(self.default_feats[ix])).numpy()) for ix in evaluate_idx_list]
+
+
+def methods_on(name, feats, default_name, fit_idx, labels, classes, trainer):
+    """{method: function(indices) -> embeddings} fitted on ``fit_idx``."""
+    from imgembed import closedform
+
+    d = feats[default_name]
+    out = {"legacy": lambda ix: feats["legacy"][ix], "default": lambda ix: d[ix]}
+    pw = closedform.pca_whitening(d[fit_idx])
+    out["pca-white"] = lambda ix: pw(d[ix])
+    ld = closedform.lda(d[fit_idx], labels[fit_idx])
+    out["lda"] = lambda ix: ld(d[ix])
+    if trainer is not None:
+        out["train"] = trainer
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="*", default=list(TUNE + HELD_OUT))
+    parser.add_argument("--variants", action="store_true", help="Also measure the input/pooling grid.")
+    parser.add_argument("--no-train", action="store_true", help="Leave out `imgembed train` (the slowest part).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(OUT / "results.json"))
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    from imgembed.backbones import LITE0_FIT, LITE0_POOLING, LITE0_SIZE
+
+    default_variant = f"{LITE0_FIT}{LITE0_SIZE}"
+    results = {"sets": {}, "default": {"fit": LITE0_FIT, "size": LITE0_SIZE, "pooling": LITE0_POOLING}}
+    sets = {}
+    for name in args.sets:
+        got = quality_data.labelled(name)
+        if got is None:
+            print(f"{name}: not available, left out")
+            continue
+        sets[name] = got
+    variants = list(VARIANTS) if args.variants else sorted({"crop224", default_variant})
+
+    for name, (paths, labels, classes) in sets.items():
+        print(f"{name}: {len(paths)} images, {len(classes)} classes ({KIND[name]})", flush=True)
+        grid = {v: cached(name, paths, v) for v in variants}
+        feats = {"legacy": l2n(grid["crop224"]["avg"]), "default": l2n(grid[default_variant][LITE0_POOLING])}
+        for v in grid:
+            for p in POOLINGS:
+                feats[f"{v}/{p}"] = l2n(grid[v][p])
+        feats[f"ms224+288/{LITE0_POOLING}"] = l2n(feats.get(f"whole224/{LITE0_POOLING}", feats["default"])
+                                                  + feats.get(f"whole288/{LITE0_POOLING}", feats["default"]))
+        order, queries = splits(labels, args.seed)
+        res = results["sets"][name] = {"kind": KIND[name], "images": len(paths), "classes": len(classes),
+                                       "fewshot": {}, "open": {}}
+        trainer = None if args.no_train else Trainer(paths, grid[default_variant][LITE0_POOLING])
+        for shots in SHOTS:
+            gal = gallery_of(order, shots)
+            row = res["fewshot"][shots] = {}
+            for key in (k for k in feats if "/" in k):
+                row[key] = knn_and_map(feats[key][queries], labels[queries], feats[key][gal], labels[gal])
+            for method, fn in methods_on(name, feats, "default", gal, labels, classes, None).items():
+                row[method] = knn_and_map(fn(queries), labels[queries], fn(gal), labels[gal])
+            if trainer is not None:
+                q, g = trainer(name, gal, labels, classes, [queries, gal])
+                row["train"] = knn_and_map(q, labels[queries], g, labels[gal])
+                row["train"]["seconds"] = trainer.seconds
+            print(f"  {shots:>2}-shot " + "  ".join(f"{m} {row[m]['knn']:.3f}/{row[m]['map']:.3f}"
+                                                   for m in ("legacy", "default", "pca-white", "lda", "train")
+                                                   if m in row), flush=True)
+        # open set: half of the classes train, the other half is searched leave-one-out
+        rng = np.random.default_rng(args.seed + 1)
+        perm = rng.permutation(len(classes))
+        seen, unseen = perm[:len(classes) // 2], perm[len(classes) // 2:]
+        fit_idx = np.array(sorted(i for c in seen for i in order[c][:30]))
+        eval_idx = np.flatnonzero(np.isin(labels, unseen))
+        row = res["open"]
+        for method, fn in methods_on(name, feats, "default", fit_idx, labels, classes, None).items():
+            row[method] = open_metrics(fn(eval_idx), labels[eval_idx])
+        if trainer is not None:
+            (e,) = trainer(name + "/open", fit_idx, labels, classes, [eval_idx])
+            row["train"] = open_metrics(e, labels[eval_idx])
+        print("  open set " + "  ".join(f"{m} {v['map']:.3f}/{v['r1']:.3f}" for m, v in row.items()), flush=True)
+
+    results["instance"] = instance(sets, variants, default_variant, LITE0_POOLING, args.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+
+
+def instance(sets, variants, default_variant, default_pooling, seed) -> dict:
+    """Rank-1 of altered copies among originals plus every other image of their kind."""
+    rng = np.random.default_rng(seed)
+    by_kind = {"photos": [p for p in skimage_photos()], "drawings": []}
+    distractors = {"photos": [], "drawings": []}
+    for name, (paths, labels, _) in sets.items():
+        if name == "clipart-top":
+            continue
+        kind = KIND[name]
+        pick = rng.permutation(len(paths))
+        if name in ("clipart", "photos"):
+            by_kind[kind] += [paths[i] for i in pick[:60 - len(by_kind[kind]) if kind == "photos" else 60]]
+        distractors[kind] += [p for p in paths]
+    out = {}
+    for kind, originals in by_kind.items():
+        if not originals:
+            continue
+        crng = np.random.default_rng(seed + 7)
+        copies, truth, types = [], [], []
+        for i, p in enumerate(originals):
+            image = Image.open(p).convert("RGB")
+            for a in ALTERATIONS:
+                copies.append(alter(image, a, crng, kind == "drawings"))
+                truth.append(i)
+                types.append(a)
+        gallery_paths = list(originals) + [p for p in distractors[kind] if p not in set(originals)]
+        truth, types = np.array(truth), np.array(types)
+        res = out[kind] = {"originals": len(originals), "gallery": len(gallery_paths), "rank1": {}}
+        for v in variants:
+            g = cached(f"instance-{kind}-gallery", gallery_paths, v)
+            q = cached(f"instance-{kind}-copies", copies, v)
+            for p in POOLINGS:
+                key = "legacy" if (v, p) == ("crop224", "avg") else ("default" if (v, p) == (default_variant, default_pooling) else None)
+                sims = l2n(q[p]) @ l2n(g[p]).T
+                hit = sims.argmax(1) == truth
+                entry = {"all": float(hit.mean()), **{a: float(hit[types == a].mean()) for a in ALTERATIONS}}
+                res["rank1"][f"{v}/{p}"] = entry
+                if key:
+                    res["rank1"][key] = entry
+        print(f"instance {kind}: legacy {res['rank1']['legacy']['all']:.3f}  default {res['rank1']['default']['all']:.3f}",
+              flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
