@@ -9,8 +9,8 @@ defaults; ``HELD_OUT`` sets only confirm them.
 
 Protocols, the same seeded splits for every method:
 - few-shot: S = 5, 10, 30 labelled images per class form the gallery (and the training set);
-  every other image (up to 30 per class) is a query: k-NN accuracy of the vote `classify`
-  uses (k=5, similarity-weighted) and mAP@R against the gallery.
+  the next (up to) 30 images of each class in the same seeded order are the queries: k-NN
+  accuracy of the vote `classify` uses (k=5, similarity-weighted) and mAP@R against the gallery.
 - open set: train on half of the classes (up to 30 images each); mAP@R and R@1 leave-one-out
   among the images of the other half.
 - instance: altered copies (crop 80-90%, rotation, colour, blur, downscale to 30-60%, JPEG
@@ -20,7 +20,8 @@ Protocols, the same seeded splits for every method:
 Methods: ``legacy`` (centre crop, average pooling: indexes built before this benchmark),
 ``default`` (today's untrained default), ``pca-white`` (PCA-whitening of the default features
 fitted on the gallery without labels), ``lda`` (regularised LDA fitted on the gallery with
-labels) and ``train`` (`imgembed train` with its defaults, on the gallery folder).
+labels), ``wccn`` (within-class covariance normalisation, the closed form the default trained
+head starts from) and ``train`` (`imgembed train` with its defaults, on the gallery folder).
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def _store(variant: str) -> dict:
         store = {}
         if path.is_file():
             data = np.load(path)
+            arrays = {p: data[p] for p in POOLINGS}  # each data[p] reads the whole array again
             for i, name in enumerate(data["paths"]):
-                store[str(name)] = {p: data[p][i] for p in POOLINGS}
+                store[str(name)] = {p: arrays[p][i] for p in POOLINGS}
         _STORES[variant] = store
     return _STORES[variant]
 
@@ -142,9 +144,10 @@ def cached(key: str, items, variant: str) -> dict[str, np.ndarray]:
         legacy = OUT / "features" / f"{key}-{variant}.npz"
         if legacy.is_file():  # written by an earlier version of this script, in the order of items
             data = np.load(legacy)
-            if len(data[POOLINGS[0]]) == len(items):
+            arrays = {p: data[p] for p in POOLINGS}
+            if len(arrays[POOLINGS[0]]) == len(items):
                 for i, n in enumerate(names):
-                    store.setdefault(n, {p: data[p][i] for p in POOLINGS})
+                    store.setdefault(n, {p: arrays[p][i] for p in POOLINGS})
         todo = sorted({n for n in names if n not in store})
         if todo:
             feats = _compute(key, [Path(n) for n in todo], variant)
@@ -226,19 +229,19 @@ def open_metrics(x, labels) -> dict:
 
 
 def splits(labels, seed):
-    """Per class a seeded permutation: the first S images are the S-shot gallery, images from
-    position 30 on (up to QUERIES_PER_CLASS) are the queries, the same for every S."""
+    """Per class a seeded permutation: its first S images are the S-shot gallery, the next
+    QUERIES_PER_CLASS (at most) the S-shot queries. A class with S images or fewer has no
+    queries at S shots (it still sits in the gallery)."""
     rng = np.random.default_rng(seed)
-    order, queries = {}, []
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        order[c] = members
-        queries += list(members[max(SHOTS):max(SHOTS) + QUERIES_PER_CLASS])
-    return order, np.array(sorted(queries))
+    return {c: rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
 
 
 def gallery_of(order, shots):
     return np.array(sorted(i for m in order.values() for i in m[:shots]))
+
+
+def queries_of(order, shots):
+    return np.array(sorted(i for m in order.values() for i in m[shots:shots + QUERIES_PER_CLASS]))
 
 
 class Trainer:
@@ -246,16 +249,18 @@ class Trainer:
     the checkpoint's head to the default model's cached features (the same vectors `index`
     would compute: the head runs on the pooled backbone features)."""
 
+    heads: dict = {}  # name -> checkpoint, for the instance protocol
+
     def __init__(self, paths, default_feats):
         self.paths, self.default_feats = paths, default_feats
 
-    def __call__(self, name, idx, labels, classes, evaluate_idx_list):
+    def __call__(self, name, idx, labels, classes, evaluate_idx_list, unlabelled=False):
         import torch
 
         from imgembed.model import load_checkpoint
         from imgembed.train import TrainConfig, train
 
-        key = hashlib.sha256(json.dumps([name, idx.tolist()]).encode()).hexdigest()[:12]
+        key = hashlib.sha256(json.dumps([name, idx.tolist(), unlabelled]).encode()).hexdigest()[:12]
         folder = OUT / "splits" / key
         if not folder.is_dir():
             for i in idx:
@@ -264,7 +269,8 @@ class Trainer:
                 (d / f"{i:06d}{self.paths[i].suffix}").symlink_to(self.paths[i].resolve())
         out = OUT / "models" / f"{key}.pt"
         t0 = time.perf_counter()
-        train(folder, out, TrainConfig(), cache_dir=OUT / "featcache")
+        train(folder, out, TrainConfig(unlabelled=unlabelled), cache_dir=OUT / "featcache")
+        self.heads[name] = out
         self.seconds = time.perf_counter() - t0
         model = load_checkpoint(out).eval()
         with torch.no_grad():
@@ -281,6 +287,8 @@ def methods_on(name, feats, default_name, fit_idx, labels, classes, trainer):
     out["pca-white"] = lambda ix: pw(d[ix])
     ld = closedform.lda(d[fit_idx], labels[fit_idx])
     out["lda"] = lambda ix: ld(d[ix])
+    wc = closedform.wccn(d[fit_idx], labels[fit_idx])
+    out["wccn"] = lambda ix: wc(d[ix])
     if trainer is not None:
         out["train"] = trainer
     return out
@@ -293,7 +301,11 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="Leave out `imgembed train` (the slowest part).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(OUT / "results.json"))
+    parser.add_argument("--report", metavar="JSON", help="Only print the tables of an earlier run's results.")
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text()), grid=args.variants))
+        return
     import torch
 
     torch.set_num_threads(2)
@@ -319,13 +331,18 @@ def main() -> None:
                 feats[f"{v}/{p}"] = l2n(grid[v][p])
         feats[f"ms224+288/{LITE0_POOLING}"] = l2n(feats.get(f"whole224/{LITE0_POOLING}", feats["default"])
                                                   + feats.get(f"whole288/{LITE0_POOLING}", feats["default"]))
-        order, queries = splits(labels, args.seed)
+        order = splits(labels, args.seed)
         res = results["sets"][name] = {"kind": KIND[name], "images": len(paths), "classes": len(classes),
                                        "fewshot": {}, "open": {}}
         trainer = None if args.no_train else Trainer(paths, grid[default_variant][LITE0_POOLING])
+        unlabelled = None
+        if trainer is not None:  # `train --unlabelled` on the whole folder, labels ignored
+            everything = np.arange(len(paths))
+            (unlabelled,) = trainer(name + "/unlabelled", everything, np.zeros_like(labels), ["all"], [everything],
+                                    unlabelled=True)
         for shots in SHOTS:
-            gal = gallery_of(order, shots)
-            row = res["fewshot"][shots] = {}
+            gal, queries = gallery_of(order, shots), queries_of(order, shots)
+            row = res["fewshot"][shots] = {"queries": len(queries)}
             for key in (k for k in feats if "/" in k):
                 row[key] = knn_and_map(feats[key][queries], labels[queries], feats[key][gal], labels[gal])
             for method, fn in methods_on(name, feats, "default", gal, labels, classes, None).items():
@@ -334,14 +351,15 @@ def main() -> None:
                 q, g = trainer(name, gal, labels, classes, [queries, gal])
                 row["train"] = knn_and_map(q, labels[queries], g, labels[gal])
                 row["train"]["seconds"] = trainer.seconds
+                row["unlabelled"] = knn_and_map(unlabelled[queries], labels[queries], unlabelled[gal], labels[gal])
             print(f"  {shots:>2}-shot " + "  ".join(f"{m} {row[m]['knn']:.3f}/{row[m]['map']:.3f}"
-                                                   for m in ("legacy", "default", "pca-white", "lda", "train")
+                                                   for m in METHODS
                                                    if m in row), flush=True)
         # open set: half of the classes train, the other half is searched leave-one-out
         rng = np.random.default_rng(args.seed + 1)
-        perm = rng.permutation(len(classes))
+        perm = rng.permutation(np.unique(labels))
         seen, unseen = perm[:len(classes) // 2], perm[len(classes) // 2:]
-        fit_idx = np.array(sorted(i for c in seen for i in order[c][:30]))
+        fit_idx = np.array(sorted(i for c in seen for i in order[int(c)][:30]))
         eval_idx = np.flatnonzero(np.isin(labels, unseen))
         row = res["open"]
         for method, fn in methods_on(name, feats, "default", fit_idx, labels, classes, None).items():
@@ -349,12 +367,78 @@ def main() -> None:
         if trainer is not None:
             (e,) = trainer(name + "/open", fit_idx, labels, classes, [eval_idx])
             row["train"] = open_metrics(e, labels[eval_idx])
+            row["unlabelled"] = open_metrics(unlabelled[eval_idx], labels[eval_idx])
         print("  open set " + "  ".join(f"{m} {v['map']:.3f}/{v['r1']:.3f}" for m, v in row.items()), flush=True)
 
     results["instance"] = instance(sets, variants, default_variant, LITE0_POOLING, args.seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}\n")
+    print(report(results, grid=args.variants))
+
+
+METHODS = ("legacy", "default", "pca-white", "lda", "wccn", "train", "unlabelled")
+
+
+def report(results: dict, grid: bool = False) -> str:
+    """The markdown tables of docs/quality.md."""
+    sets = results["sets"]
+    names = list(sets)
+    lines = []
+
+    def table(title, header, rows):
+        lines.extend([f"**{title}**", "", "| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header)])
+        lines.extend("| " + " | ".join(r) + " |" for r in rows)
+        lines.append("")
+
+    for metric, label in (("knn", "k-NN accuracy"), ("map", "mAP@R")):
+        rows = []
+        for shots in SHOTS:
+            for m in METHODS:
+                vals = [sets[n]["fewshot"][str(shots)][m][metric] if str(shots) in sets[n]["fewshot"]
+                        else sets[n]["fewshot"][shots][m][metric] for n in names
+                        if m in _row(sets[n], shots)]
+                if len(vals) != len(names):
+                    continue
+                rows.append([f"{shots}", m, *(f"{v:.3f}" for v in vals), f"**{np.mean(vals):.3f}**"])
+        table(f"Few-shot {label} (S labelled images per class)", ["S", "method", *names, "mean"], rows)
+    rows = []
+    for m in METHODS:
+        if all(m in sets[n]["open"] for n in names):
+            vals = [sets[n]["open"][m] for n in names]
+            rows.append([m, *(f"{v['map']:.3f} / {v['r1']:.3f}" for v in vals),
+                         f"**{np.mean([v['map'] for v in vals]):.3f}** / {np.mean([v['r1'] for v in vals]):.3f}"])
+    table("Open set: mAP@R / R@1 on the classes not trained on", ["method", *names, "mean"], rows)
+    inst = results.get("instance", {})
+    if inst:
+        rows = []
+        for kind, r in inst.items():
+            for m in ("legacy", "default", "unlabelled"):
+                if m not in r["rank1"]:
+                    continue
+                e = r["rank1"][m]
+                rows.append([kind, m, f"{e['all']:.3f}", *(f"{e[a]:.2f}" for a in ALTERATIONS)])
+        table("Instance: rank-1 of altered copies", ["kind", "method", "all", *ALTERATIONS], rows)
+    if grid:
+        keys = [k for k in _row(sets[names[0]], 10) if "/" in k]
+        rows = []
+        for k in keys:
+            tune = [np.mean([_row(sets[n], s)[k]["knn"] for s in SHOTS]) for n in names if n in TUNE]
+            held = [np.mean([_row(sets[n], s)[k]["knn"] for s in SHOTS]) for n in names if n in HELD_OUT]
+            mp = [np.mean([_row(sets[n], s)[k]["map"] for s in SHOTS]) for n in names]
+            r1 = {kind: inst[kind]["rank1"].get(k, {}).get("all", float("nan")) for kind in inst}
+            rows.append([k, f"{np.mean(tune):.3f}", f"{np.mean(held):.3f}" if held else "-", f"{np.mean(mp):.3f}",
+                         *(f"{v:.3f}" for v in r1.values())])
+        table("Input and pooling grid: k-NN accuracy (mean over S = 5, 10, 30) on the tuning and held-out sets, "
+              "mAP@R over all sets, instance rank-1",
+              ["variant/pooling", "k-NN tune", "k-NN held out", "mAP@R", *(f"rank-1 {k}" for k in inst)], rows)
+    return "\n".join(lines)
+
+
+def _row(s, shots):
+    f = s["fewshot"]
+    return f[str(shots)] if str(shots) in f else f[shots]
 
 
 def instance(sets, variants, default_variant, default_pooling, seed) -> dict:
@@ -396,6 +480,18 @@ def instance(sets, variants, default_variant, default_pooling, seed) -> dict:
                 res["rank1"][f"{v}/{p}"] = entry
                 if key:
                     res["rank1"][key] = entry
+                head = Trainer.heads.get(("photos" if kind == "photos" else "clipart") + "/unlabelled")
+                if key == "default" and head is not None:
+                    import torch
+
+                    from imgembed.model import load_checkpoint
+
+                    with torch.no_grad():
+                        m = load_checkpoint(head).eval()
+                        hq, hg = (l2n(m.head(torch.from_numpy(a)).numpy()) for a in (q[p], g[p]))
+                    hit = (hq @ hg.T).argmax(1) == truth
+                    res["rank1"]["unlabelled"] = {"all": float(hit.mean()),
+                                                  **{a: float(hit[types == a].mean()) for a in ALTERATIONS}}
         print(f"instance {kind}: legacy {res['rank1']['legacy']['all']:.3f}  default {res['rank1']['default']['all']:.3f}",
               flush=True)
     return out

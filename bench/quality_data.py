@@ -137,7 +137,7 @@ def labelled(name: str) -> tuple[list[Path], np.ndarray, list[str]] | None:
     classes = sorted(p.name for p in dest.iterdir() if p.is_dir())
     paths, labels = [], []
     for c, cls in enumerate(classes):
-        files = sorted(p for p in (dest / cls).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        files = sorted(p for p in (dest / cls).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
         paths += files
         labels += [c] * len(files)
     return paths, np.array(labels), classes

@@ -410,39 +410,43 @@ class DuplicateGroup:
             {"path": r.full_path, "label": r.label, "score": round(s, 6)} for r, s in zip(self.rows, self.scores)]}
 
 
-def find_duplicates(index_dir: str | Path, threshold: float = 0.85, k: int = 10,
-                    progress: Progress | None = None) -> list[DuplicateGroup]:
-    """Groups of indexed images whose embeddings have cosine >= ``threshold``.
+def find_duplicates(index_dir: str | Path, threshold: float | None = None, k: int = 10, *,
+                    score: str = "relative", progress: Progress | None = None) -> list[DuplicateGroup]:
+    """Groups of indexed images that are near-duplicates of each other.
 
-    Each stored vector is searched for its ``k`` nearest neighbours through the FAISS index
-    (batches of 1,024, so memory stays O(batch x k), never N x N); pairs above the threshold are
-    joined with union-find, so a chain of near-duplicates forms one group. Largest groups first.
+    ``score="relative"`` (the default) compares a pair's cosine with each image's ``k``-th
+    neighbour (:mod:`imgembed.dedup`; default threshold 0.5); ``score="cosine"`` uses the raw
+    cosine (default threshold 0.85). Each stored vector is searched for its ``k`` nearest
+    neighbours through the FAISS index, so memory stays O(n x k), never n x n; pairs at or above
+    the threshold are joined with union-find, so a chain of near-duplicates forms one group.
+    Largest groups first; a member's score is its best score with another member.
     """
+    from . import dedup
+
+    if score not in dedup.SCORES:
+        raise InputError(f"score must be one of {', '.join(dedup.SCORES)}, not {score!r}")
+    threshold = dedup.SCORES[score] if threshold is None else threshold
     with ImageIndex.open(index_dir) as idx:
-        parent: dict[int, int] = {}
-        best: dict[int, float] = {}
+        scored = dedup.scored_pairs(idx, k, progress=progress)
+        rows = idx.store.rows_by_id(sorted(scored.rows))
+    values = scored.normalised if score == "relative" else scored.cosine
+    parent: dict[int, int] = {}
+    best: dict[int, float] = {}
 
-        def find(i: int) -> int:
-            while parent.setdefault(i, i) != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
+    def find(i: int) -> int:
+        while parent.setdefault(i, i) != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
 
-        total, done = len(idx), 0
-        for ids, vecs in idx.store.iter_vectors(batch=1024):
-            for i, hits in zip(ids, idx.search(vecs, k + 1)):
-                for h in hits:
-                    if h.row.id != i and h.score >= threshold:
-                        parent[find(int(i))] = find(h.row.id)
-                        best[int(i)] = max(best.get(int(i), -1.0), h.score)
-                        best[h.row.id] = max(best.get(h.row.id, -1.0), h.score)
-            done += len(ids)
-            if progress:
-                progress(done, total)
-        members: dict[int, list[int]] = {}
-        for i in best:
-            members.setdefault(find(i), []).append(i)
-        rows = idx.store.rows_by_id(best)
+    for (a, b), value in zip(scored.pairs.tolist(), values.tolist()):
+        if value >= threshold:
+            parent[find(a)] = find(b)
+            best[a] = max(best.get(a, -1.0), value)
+            best[b] = max(best.get(b, -1.0), value)
+    members: dict[int, list[int]] = {}
+    for i in best:
+        members.setdefault(find(i), []).append(i)
     groups = [DuplicateGroup([rows[i] for i in sorted(m)], [best[i] for i in sorted(m)])
               for m in members.values() if len(m) > 1]
     return sorted(groups, key=lambda g: (-len(g.rows), g.rows[0].full_path))

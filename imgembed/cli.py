@@ -364,9 +364,9 @@ def _metrics_line(metrics: dict) -> str:
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Backbone to train on.")
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH")
 @click.option("--dim", type=click.IntRange(2, 4096), default=128, show_default=True,
-              help="Projection dimension (blend: at most classes - 1, added to the backbone's).")
+              help="Embedding dimension of the mlp and linear heads (blend keeps the backbone's, twice).")
 @click.option("--head", type=click.Choice(["blend", "mlp", "linear"]), default="blend", show_default=True,
-              help="blend: the untrained embedding plus an LDA-initialised projection, weighed on validation "
+              help="blend: the untrained embedding plus a WCCN-initialised projection, weighed on validation "
                    "(docs/quality.md); mlp: Linear-BN-ReLU-Linear; linear: one Linear layer.")
 @click.option("--hidden", type=click.IntRange(2, 8192), default=1024, show_default=True, help="Hidden width of the mlp head.")
 @click.option("--loss", type=click.Choice(["triplet", "contrastive"]), default="triplet", show_default=True)
@@ -390,6 +390,8 @@ def _metrics_line(metrics: dict) -> str:
 @click.option("--patience", type=click.IntRange(0), default=10, show_default=True,
               help="Stop after this many epochs without a better validation mAP@R (0: never).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--unlabelled", is_flag=True,
+              help="Self-supervised: fit the head on augmented views of every image under DATA_DIR, labels ignored.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @_cache_option
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
@@ -400,8 +402,9 @@ def _metrics_line(metrics: dict) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, miner, pos_margin, neg_margin,
           classes_per_batch, images_per_class, epochs, lr, views, finetune_blocks, val_split, split_by, patience,
-          seed, resume, cache_dir, batch_size, workers, precision, as_json, quiet):
-    """Fit the embedding head to a labelled folder (one sub-folder per class).
+          seed, unlabelled, resume, cache_dir, batch_size, workers, precision, as_json, quiet):
+    """Fit the embedding head to a labelled folder (one sub-folder per class), or with
+    --unlabelled to any folder of images.
 
     Prints loss, Recall@1, mAP@R and k-NN accuracy on the validation part after each epoch and
     keeps the best epoch in --out; `imgembed index --model OUT` then indexes with it.
@@ -412,7 +415,8 @@ def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, m
                          margin=margin, miner=miner, pos_margin=pos_margin, neg_margin=neg_margin,
                          classes_per_batch=classes_per_batch, images_per_class=images_per_class, epochs=epochs,
                          lr=lr, views=views, finetune_blocks=finetune_blocks, val_split=val_split, split=split_by,
-                         patience=patience, seed=seed, batch_size=batch_size, workers=workers, precision=precision)
+                         patience=patience, seed=seed, batch_size=batch_size, workers=workers, precision=precision,
+                         unlabelled=unlabelled)
     progress = _stage_bar(quiet)
     echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
 
@@ -433,8 +437,12 @@ def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, m
         click.echo(f"left out class {name or '(root)'!s}: {n} image(s), need 2+")
     for path, reason in result.failed:
         click.echo(f"skipped {path}: {reason}")
-    click.echo(f"trained on {result.train_images} images of {len(result.classes)} classes, validated on "
-               f"{result.val_images}; features {result.feature_seconds:.1f} s, training {result.train_seconds:.1f} s")
+    if unlabelled:
+        click.echo(f"fitted on augmented views of {result.train_images} unlabelled images; features "
+                   f"{result.feature_seconds:.1f} s, fitting {result.train_seconds:.1f} s")
+    else:
+        click.echo(f"trained on {result.train_images} images of {len(result.classes)} classes, validated on "
+                   f"{result.val_images}; features {result.feature_seconds:.1f} s, training {result.train_seconds:.1f} s")
     if result.baseline:
         click.echo(f"untrained: {_metrics_line(result.baseline)}")
         if result.kept_untrained:
@@ -554,25 +562,30 @@ def check(index_dir, repair, wait, as_json):
 
 @main.command()
 @_index_option
-@click.option("--threshold", type=click.FloatRange(-1, 1), default=0.85, show_default=True,
-              help="Cosine similarity from which two images count as near-duplicates.")
+@click.option("--score", type=click.Choice(["relative", "cosine"]), default="relative", show_default=True,
+              help="relative: a pair's cosine against each image's k-th neighbour (docs/quality.md); cosine: raw.")
+@click.option("--threshold", type=click.FloatRange(-1, 1), default=None,
+              help="Score from which two images count as near-duplicates [default: 0.5 relative, 0.85 cosine].")
 @click.option("-k", type=click.IntRange(1, 1000), default=10, show_default=True,
-              help="Neighbours examined per image.")
+              help="Neighbours examined per image (the k-th is the background of the relative score).")
 @_html_options
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def duplicates(index_dir, threshold, k, html_file, open_page, as_json, quiet):
+def duplicates(index_dir, score, threshold, k, html_file, open_page, as_json, quiet):
     """Groups of near-duplicate images in the index (resized, recompressed, lightly edited copies)."""
     from .api import find_duplicates
+    from .dedup import SCORES
 
+    threshold = SCORES[score] if threshold is None else threshold
     progress = _stage_bar(quiet)
     try:
-        groups = find_duplicates(index_dir, threshold, k, progress=lambda d, t: progress("searching", d, t))
+        groups = find_duplicates(index_dir, threshold, k, score=score,
+                                 progress=lambda d, t: progress("searching", d, t))
     finally:
         progress.close()
     from .gallery import duplicates_page
 
-    _write_page(html_file, lambda: duplicates_page(groups, threshold), open_page)
+    _write_page(html_file, lambda: duplicates_page(groups, f"{score} score &ge; {threshold}"), open_page)
     if as_json:
         _emit_json([g.to_dict() for g in groups])
         return
@@ -580,7 +593,7 @@ def duplicates(index_dir, threshold, k, html_file, open_page, as_json, quiet):
         click.echo(f"group {n}: {len(g.rows)} images")
         for row, score in zip(g.rows, g.scores):
             click.echo(f"  {score:.4f}  {row.full_path}")
-    click.echo(f"{len(groups)} groups, {sum(len(g.rows) for g in groups)} images at cosine >= {threshold}")
+    click.echo(f"{len(groups)} groups, {sum(len(g.rows) for g in groups)} images at {score} score >= {threshold}")
 
 
 @main.command()

@@ -2,6 +2,10 @@
 
 - :func:`pca_whitening`: centre, rotate onto the principal axes and scale each to unit
   variance (with shrinkage, so that noise directions are not blown up). Fitted without labels.
+- :func:`wccn`: within-class covariance normalisation (Hatch et al. 2006): whiten by the
+  within-class scatter, so that the directions in which images of one class vary (pose, style,
+  background) count less in a cosine, in every dimension. Unlike LDA it keeps all dimensions,
+  and what it learns about nuisance variation carries over to classes it never saw.
 - :func:`lda`: regularised linear discriminant analysis: the directions that maximise
   between-class over within-class scatter, the within-class scatter shrunk towards a multiple
   of the identity (Ledoit & Wolf style) so that it is invertible when there are fewer images
@@ -46,6 +50,24 @@ def pca_whitening(x: np.ndarray, dim: int | None = None, shrinkage: float = 0.1)
     return Projection(mean, vt.T / np.sqrt(var + shrinkage * var.mean()))
 
 
+def _within_scatter(x: np.ndarray, labels: np.ndarray, shrinkage: float):
+    """Mean, class means, and the shrunk within-class scatter ``(1 - a) Sw + a (trace(Sw) / d) I``."""
+    classes = np.unique(labels)
+    means = np.stack([x[labels == c].mean(0) for c in classes])
+    centred = x - means[np.searchsorted(classes, labels)]
+    sw = centred.T @ centred / len(x)
+    d = x.shape[1]
+    return classes, means, (1 - shrinkage) * sw + shrinkage * np.trace(sw) / d * np.eye(d)
+
+
+def wccn(x: np.ndarray, labels: np.ndarray, shrinkage: float = 0.3) -> Projection:
+    """WCCN fitted on ``x`` (n, d) with ``labels``: ``(x - mean) @ Sw^(-1/2)``, (d, d)."""
+    x = np.asarray(x, np.float64)
+    _, _, sw = _within_scatter(x, np.asarray(labels), shrinkage)
+    values, vectors = np.linalg.eigh(sw)
+    return Projection(x.mean(0), vectors / np.sqrt(np.maximum(values, 1e-12)))
+
+
 def lda(x: np.ndarray, labels: np.ndarray, shrinkage: float = 0.3, dim: int | None = None) -> Projection:
     """Regularised LDA fitted on ``x`` (n, d) with ``labels`` (n,): at most classes - 1 axes.
 
@@ -54,13 +76,9 @@ def lda(x: np.ndarray, labels: np.ndarray, shrinkage: float = 0.3, dim: int | No
     ``sqrt(l)`` so that more discriminative axes weigh more in a cosine."""
     x = np.asarray(x, np.float64)
     labels = np.asarray(labels)
-    classes = np.unique(labels)
     mean = x.mean(0)
     d = x.shape[1]
-    means = np.stack([x[labels == c].mean(0) for c in classes])
-    centred = x - means[np.searchsorted(classes, labels)]
-    sw = centred.T @ centred / len(x)
-    sw = (1 - shrinkage) * sw + shrinkage * np.trace(sw) / d * np.eye(d)
+    classes, means, sw = _within_scatter(x, labels, shrinkage)
     counts = np.array([(labels == c).sum() for c in classes], np.float64)
     between = (means - mean) * np.sqrt(counts / len(x))[:, None]
     # Whiten by Sw (Cholesky), then the between-class scatter's eigenvectors: Sb has rank

@@ -53,6 +53,19 @@ def scan_labelled(folder: str | Path, min_per_class: int = 2) -> tuple[LabelledS
     return LabelledSet(root, paths, labels, classes), dropped
 
 
+def scan_unlabelled(folder: str | Path) -> LabelledSet:
+    """Every image under ``folder``, each its own class (for self-supervised fitting)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"not a folder: {folder}")
+    root = root.resolve()
+    paths = sorted(iter_images(root))
+    if len(paths) < 2:
+        raise InputError(f"{folder}: need at least 2 images, found {len(paths)}")
+    return LabelledSet(root, paths, np.arange(len(paths), dtype=np.int64),
+                       [p.relative_to(root).as_posix() for p in paths])
+
+
 def split(data: LabelledSet, fraction: float, by: str = "images", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(train, val)``. ``by="images"``: a stratified ``fraction`` of each class (at least
     one image, and never a class's last two) goes to validation. ``by="classes"``: a ``fraction``

@@ -51,8 +51,9 @@ def embed_labelled(model: EmbeddingModel, folder: str | Path, cache_dir: str | P
 
 
 def baseline_of(model: EmbeddingModel) -> EmbeddingModel:
-    """The untrained backbone a checkpoint was trained from."""
-    return load_model(model.backbone_name, model.source.get("weights", "imagenet"), model.precision)
+    """The untrained backbone a checkpoint was trained from (its preprocessing and pooling too)."""
+    return load_model(model.backbone_name, model.source.get("weights", "imagenet"), model.precision,
+                      like=model.identity)
 
 
 def evaluate(model: EmbeddingModel, *, cache_dir: str | Path, data_dir: str | Path | None = None,

@@ -80,8 +80,9 @@ def classify_page(results, title: str = "imgembed classify") -> str:
     return _page(title, "".join(parts))
 
 
-def duplicates_page(groups, threshold: float, title: str = "imgembed duplicates") -> str:
-    parts = [f"<p>{len(groups)} groups of near-duplicates at cosine &ge; {threshold}</p>"]
+def duplicates_page(groups, criterion: str, title: str = "imgembed duplicates") -> str:
+    """``criterion``: how pairs were chosen, as HTML, e.g. ``relative score &ge; 0.5``."""
+    parts = [f"<p>{len(groups)} groups of near-duplicates at {criterion}</p>"]
     for n, g in enumerate(groups, 1):
         figures = [_figure(r.full_path, f'<span class="score">{s:.4f}</span><br>{html.escape(r.full_path)}')
                    for r, s in zip(g.rows, g.scores)]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import LabelledSet, pk_batches, scan_labelled, split
+from .data import LabelledSet, pk_batches, scan_labelled, scan_unlabelled, split
 from .errors import InputError, ModelError
 from .featcache import FeatureCache
 from .losses import MINERS, contrastive_loss, triplet_loss
@@ -64,8 +64,11 @@ class TrainConfig:
     batch_size: int = 64  # images per backbone forward pass when caching features
     workers: int | None = None
     precision: str = "auto"
+    unlabelled: bool = False  # fit on augmented views of unlabelled images (see blend.fit_unlabelled)
 
     def check(self) -> None:
+        if self.unlabelled and (self.views < 2 or self.head != "blend" or self.finetune_blocks):
+            raise InputError("--unlabelled needs --views 2 or more and the blend head, without --finetune-blocks")
         if self.head not in HEADS:
             raise InputError(f"head must be one of {HEADS}")
         if self.loss not in LOSSES:
@@ -173,8 +176,12 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = No
     config = config or TrainConfig()
     config.check()
     out = Path(out)
-    data, dropped = scan_labelled(data_dir)
-    train_idx, val_idx = split(data, config.val_split, config.split, config.seed)
+    if config.unlabelled:
+        data, dropped = scan_unlabelled(data_dir), {}
+        train_idx, val_idx = np.arange(len(data.paths)), np.zeros(0, np.int64)
+    else:
+        data, dropped = scan_labelled(data_dir)
+        train_idx, val_idx = split(data, config.val_split, config.split, config.seed)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     state = _load_resume(out, config) if resume else None
@@ -247,10 +254,12 @@ def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: 
     batches = lambda labels: pk_batches(labels, config.classes_per_batch, config.images_per_class, rng)  # noqa: E731
     val_ok = len(runner.val_labels) > 0 and len(np.unique(runner.val_labels)) >= 2
     history: list[EpochLog] = []
-    if val_ok:
+    if config.unlabelled:
+        weight, epochs, metrics, baseline = blend.UNLABELLED_WEIGHT, 0, {}, {}
+        feats, labels = runner.train_feats, runner.train_labels
+    elif val_ok:
         result = blend.fit(runner.train_feats, runner.train_labels, runner.val_feats[:, 0], runner.val_labels,
-                           dim=config.dim, epochs=config.epochs, lr=config.lr, loss_fn=loss_fn, batches=batches,
-                           seed=config.seed)
+                           epochs=config.epochs, lr=config.lr, loss_fn=loss_fn, batches=batches, seed=config.seed)
         for epoch, loss, weight, metrics in result.history:
             log = EpochLog(epoch, loss, {**metrics, "weight": weight}, config.lr, 0.0, epoch == result.epochs)
             history.append(log)
@@ -264,8 +273,8 @@ def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: 
         feats, labels = runner.train_feats, runner.train_labels
     model = runner.base
     if weight > 0:
-        linear = blend.refit(feats, labels, dim=config.dim, epochs=epochs, lr=config.lr, loss_fn=loss_fn,
-                             batches=batches)
+        # unlabelled: each image is its own class, so WCCN learns what augmentations change
+        linear = blend.refit(feats, labels, epochs=epochs, lr=config.lr, loss_fn=loss_fn, batches=batches)
         head_config = blend.head_config(model.feature_dim, linear.out_features, weight)
         model = EmbeddingModel(model.backbone_name, model.backbone, model.weights_id, model.preprocess,
                                head_config, pooling=model.pooling)
@@ -278,7 +287,7 @@ def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: 
         checkpoint=str(out), classes=data.classes, dropped_classes=dropped,
         failed=[(str(data.paths[i]), r) for i, r in runner.failed], train_images=len(train_idx),
         val_images=len(val_idx), baseline=baseline, metrics=metrics, best_epoch=epochs,
-        epochs_run=config.epochs if val_ok else 0, stopped_early=False, feature_seconds=runner.feature_seconds,
+        epochs_run=config.epochs if val_ok and not config.unlabelled else 0, stopped_early=False, feature_seconds=runner.feature_seconds,
         train_seconds=time.perf_counter() - started, history=history, blend_weight=weight)
 
 

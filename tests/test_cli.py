@@ -42,7 +42,9 @@ def test_search_classify_compare_info(indexed):
     votes = run_json("classify", *sorted(QUERIES.glob("*.png")), "--index", directory)
     assert all(set(v) >= {"query", "label", "confidence", "votes"} for v in votes)
     by_query = {os.path.basename(v["query"]).split("_")[0]: v for v in votes}
-    assert by_query["clocks"]["label"] == "clocks" and by_query["vehicles"]["label"] == "vehicles"
+    # 4 of the 8 right with the embedding before bench/quality.py chose today's default, 5 with it
+    assert by_query["vehicles"]["label"] == "vehicles"
+    assert sum(v["label"] == name for name, v in by_query.items()) >= 5
     assert all(0 < v["confidence"] <= 1 and sum(v["votes"].values()) == 5 for v in votes)
 
     same = run_json("compare", query, query)

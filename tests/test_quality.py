@@ -50,7 +50,7 @@ def test_cli_reindexes_an_old_index_without_a_model_mismatch(legacy_index):
 
 
 def test_pooling_and_fit_are_part_of_the_identity(model):
-    assert model.identity["pooling"] == "gem:3" and model.identity["preprocess"]["fit"] == "whole"
+    assert model.identity["pooling"] == "gem:2" and model.identity["preprocess"]["fit"] == "pad"
     x = torch.rand(2, 5, 3, 3)
     assert torch.allclose(pool(x, "gem:1"), pool(x, "avg"), atol=1e-6)
     assert torch.all(pool(x, "gem:3") >= pool(x, "avg") - 1e-6)  # power mean inequality
@@ -115,14 +115,15 @@ def test_default_training_beats_the_untrained_embedding_on_validation(tmp_path):
     from imgembed.train import TrainConfig, train
 
     result = train(SAMPLES, tmp_path / "m.pt", TrainConfig(workers=0), cache_dir=tmp_path / "cache")
-    # seed 0: k-NN accuracy 0.750 untrained -> 0.875, mAP@R 0.476 -> 0.637 on the 16 validation images
-    assert result.metrics["knn_accuracy"] > result.baseline["knn_accuracy"]
+    # seed 0, 16 validation images: k-NN accuracy 0.94 -> 1.0, mAP@R 0.45 -> 0.92
+    assert result.metrics["knn_accuracy"] >= result.baseline["knn_accuracy"]
     assert result.metrics["map_at_r"] > result.baseline["map_at_r"] + 0.05
+    assert 0 < result.blend_weight and not result.kept_untrained
     ckpt = torch.load(result.checkpoint, weights_only=True)
-    assert ckpt["head"]["type"] == "blend" and ckpt["pooling"] == "gem:3"
+    assert ckpt["head"]["type"] == "blend" and ckpt["pooling"] == "gem:2"
     model = load_model(result.checkpoint)
     v = embed(model, [SAMPLES / "fruit" / "pear.png"])
-    assert v.shape == (1, 1280 + ckpt["head"]["proj"]) and ckpt["head"]["proj"] <= 7
+    assert v.shape == (1, 2560) and ckpt["head"]["proj"] == 1280
 
 
 def test_train_cli_says_which_embedding_it_kept(tmp_path):

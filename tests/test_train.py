@@ -15,7 +15,7 @@ from imgembed.metrics import retrieval_metrics
 from imgembed.model import load_model
 from imgembed.train import TrainConfig, resume_path, train
 
-FAST = dict(epochs=12, views=2, classes_per_batch=8, images_per_class=4, patience=0, workers=0)
+FAST = dict(head="mlp", epochs=12, views=2, classes_per_batch=8, images_per_class=4, patience=0, workers=0)
 
 
 @pytest.fixture(scope="module")

@@ -44,16 +44,17 @@ def test_planted_duplicates_are_grouped(tmp_path, model):
     for name in OTHERS:
         Image.open(SAMPLES / name).convert("RGB").save(folder / name.replace("/", "_"))
     index_folder(folder, tmp_path / "idx", model)
-    groups = find_duplicates(tmp_path / "idx")  # default threshold 0.85
+    groups = find_duplicates(tmp_path / "idx")  # default: relative score >= 0.5
     found = {frozenset(p) for g in groups for p in itertools.combinations([r.path for r in g.rows], 2)}
     planted = {frozenset(p) for p in itertools.combinations(truth, 2) if truth[p[0]] == truth[p[1]]}
     precision = len(found & planted) / len(found)
     recall = len(found & planted) / len(planted)
     # Measured on these 80 planted pairs (8 drawings x 4 copies: half size, JPEG q55, 5% crop,
-    # +15% brightness) among 8 other drawings: precision 1.0, recall 0.90 at 0.85 (0.675 at 0.90,
-    # 0.125 at 0.95: halving a clip-art drawing alone can drop the cosine to 0.73); the most
-    # similar unrelated pair scores 0.56.
-    assert precision >= 0.95 and recall >= 0.85, (precision, recall)
+    # +15% brightness) among 8 other drawings, pairs taken from the union-find groups: the default
+    # relative score >= 0.5 gave precision 0.94 (one unrelated drawing chained into a group),
+    # recall 1.0; a raw cosine >= 0.85 gave 1.0 and 0.90 (halving a clip-art drawing alone can
+    # drop the cosine to 0.73). bench/duplicates.py measures both on thousands of images.
+    assert precision >= 0.9 and recall >= 0.95, (precision, recall)
     listed = run_json("duplicates", "--index", tmp_path / "idx")
     assert len(listed) == len(groups) and {"size", "images"} <= set(listed[0])
 

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from imgembed.backbones import BACKBONES, build_classifier, default_preprocess
+from imgembed.backbones import BACKBONES, build_classifier, legacy_preprocess
 from imgembed.errors import ModelError, WeightsUnavailableError
 from imgembed.model import load_model
 
@@ -14,7 +14,7 @@ ESPRESSO = 967
 
 
 def _probabilities(classifier, images):
-    transform = default_preprocess("efficientnet_lite0").transform()
+    transform = legacy_preprocess("efficientnet_lite0").transform()  # the ImageNet evaluation crop
     with torch.inference_mode():
         return classifier(torch.stack([transform(im) for im in images])).softmax(1)
 
