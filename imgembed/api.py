@@ -415,7 +415,8 @@ def find_duplicates(index_dir: str | Path, threshold: float | None = None, k: in
     """Groups of indexed images that are near-duplicates of each other.
 
     ``score="relative"`` (the default) compares a pair's cosine with each image's ``k``-th
-    neighbour (:mod:`imgembed.dedup`; default threshold 0.5); ``score="cosine"`` uses the raw
+    neighbour (:mod:`imgembed.dedup`; default threshold 0.5, and a cosine of at least 0.85);
+    ``score="cosine"`` uses the raw
     cosine (default threshold 0.85). Each stored vector is searched for its ``k`` nearest
     neighbours through the FAISS index, so memory stays O(n x k), never n x n; pairs at or above
     the threshold are joined with union-find, so a chain of near-duplicates forms one group.
@@ -429,6 +430,7 @@ def find_duplicates(index_dir: str | Path, threshold: float | None = None, k: in
     with ImageIndex.open(index_dir) as idx:
         scored = dedup.scored_pairs(idx, k, progress=progress)
         rows = idx.store.rows_by_id(sorted(scored.rows))
+    chosen = dedup.select(scored, score, threshold)
     values = scored.normalised if score == "relative" else scored.cosine
     parent: dict[int, int] = {}
     best: dict[int, float] = {}
@@ -439,8 +441,8 @@ def find_duplicates(index_dir: str | Path, threshold: float | None = None, k: in
             i = parent[i]
         return i
 
-    for (a, b), value in zip(scored.pairs.tolist(), values.tolist()):
-        if value >= threshold:
+    for (a, b), value, keep in zip(scored.pairs.tolist(), values.tolist(), chosen.tolist()):
+        if keep:
             parent[find(a)] = find(b)
             best[a] = max(best.get(a, -1.0), value)
             best[b] = max(best.get(b, -1.0), value)

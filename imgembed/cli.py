@@ -591,8 +591,8 @@ def duplicates(index_dir, score, threshold, k, html_file, open_page, as_json, qu
         return
     for n, g in enumerate(groups, 1):
         click.echo(f"group {n}: {len(g.rows)} images")
-        for row, score in zip(g.rows, g.scores):
-            click.echo(f"  {score:.4f}  {row.full_path}")
+        for row, value in zip(g.rows, g.scores):
+            click.echo(f"  {value:.4f}  {row.full_path}")
     click.echo(f"{len(groups)} groups, {sum(len(g.rows) for g in groups)} images at {score} score >= {threshold}")
 
 

@@ -11,7 +11,9 @@ scores
     relative(i, j) = (cos(i, j) - b) / (1 - b),   b = max(b_i, b_j)
 
 the share of the gap between "an ordinary neighbour" and "identical" that the pair closes: 1
-for identical images, 0 for a pair no closer than an ordinary neighbour.
+for identical images, 0 for a pair no closer than an ordinary neighbour. In a small or sparse
+folder the k-th neighbour is far and every same-category pair would look like a copy, so a
+pair must also reach a cosine of ``MIN_COSINE``, which planted copies almost always do.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ DEFAULT_K = 10
 # score -> default threshold, each chosen from the curves of bench/duplicates.py (docs/quality.md)
 SCORES = {"relative": 0.5, "cosine": 0.85}
 CURVE = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-CANDIDATE_FLOOR = 0.5  # pairs below this cosine are never duplicates, whatever their background
+CANDIDATE_FLOOR = 0.5  # pairs below this cosine are not even scored
+MIN_COSINE = 0.85  # the relative score's floor on the raw cosine (see the module docstring)
 
 
 @dataclass
@@ -65,3 +68,10 @@ def scored_pairs(index, k: int = DEFAULT_K, progress=None) -> ScoredPairs:
     normalised = (cosine - b) / np.maximum(1e-6, 1 - b)
     rows = index.store.rows_by_id(sorted({int(x) for x in pairs.ravel()}))
     return ScoredPairs(pairs, cosine, normalised, {i: r.full_path for i, r in rows.items()})
+
+
+def select(scored: ScoredPairs, score: str, threshold: float) -> np.ndarray:
+    """(m,) bool: the pairs that count as duplicates under ``score`` at ``threshold``."""
+    if score == "cosine":
+        return scored.cosine >= threshold
+    return (scored.normalised >= threshold) & (scored.cosine >= MIN_COSINE)

@@ -130,3 +130,11 @@ def test_train_cli_says_which_embedding_it_kept(tmp_path):
     out = run_cli("train", SAMPLES, "--out", tmp_path / "m.pt", "--cache", tmp_path / "cache", "-q",
                   "--workers", "0").stdout
     assert "untrained:" in out and ("blend weight" in out or "untrained model" in out)
+
+
+def test_wccn_whitens_the_within_class_scatter():
+    x, y = _seeded(n=400)
+    p = closedform.wccn(x, y, shrinkage=0.0)
+    means = np.stack([x[y == c].mean(0) for c in range(4)])
+    sw = np.cov((x - means[y]).T, bias=True)
+    assert np.allclose(p.matrix.T @ sw @ p.matrix, np.eye(16), atol=1e-8)  # M^T Sw M = I
