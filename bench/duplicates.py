@@ -12,9 +12,11 @@ saved as JPEG. The real `imgembed index` embeds the folder; then, for every meth
 - precision: of all pairs it reports, the share that are one original and its copy, or two
   copies of one original.
 
-Methods: imgembed's raw cosine at thresholds, the relative (background-normalised) score
-of `imgembed duplicates` (:mod:`imgembed.dedup`, with its cosine floor) at thresholds, and imagededup's PHash at its default
-Hamming distance (10) and at 4 and 16 (pip install imagededup).
+Methods: imgembed's raw cosine at thresholds, the score of `imgembed duplicates`
+(:mod:`imgembed.dedup`: relative, background-normalised score with its cosine floor, or
+stored perceptual hashes that nearly agree on a pair of embedding neighbours) at thresholds,
+the hash rule at other distances and cosines, and imagededup's PHash at its default Hamming
+distance (10) and at 4 and 16 (pip install imagededup).
 """
 
 from __future__ import annotations
@@ -186,6 +188,14 @@ def main() -> None:
                 keep = dedup.select(scored, name, t)
                 pairs = {(paths[a], paths[b]) for a, b in scored.pairs[keep]}
                 res["methods"][f"{name}>={t:g}"] = evaluate_pairs(pairs, truth, kind)
+        # the default's hash rule at other distances and cosines, to choose them
+        relative = (scored.normalised >= dedup.SCORES["relative"]) & (scored.cosine >= dedup.MIN_COSINE)
+        known = scored.hash_distance >= 0
+        for d in (0, 2, 4, 6):
+            for floor in (0.6, 0.7, 0.8):
+                keep = relative | known & (scored.hash_distance <= d) & (scored.cosine >= floor)
+                res["methods"][f"rel+hash<={d} cos>={floor}"] = evaluate_pairs(
+                    {(paths[a], paths[b]) for a, b in scored.pairs[keep]}, truth, kind)
         for d, pairs in phash_pairs(folder, (4, 10, 16)).items():
             res["methods"][f"phash<={d}"] = evaluate_pairs(pairs, truth, kind)
         print(f"{kind}: {res['images']} images, {res['copies']} planted copies")

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from . import knn
-from .errors import ImageLoadError, InputError, NoLabelsError
+from .errors import ImageLoadError, InputError, NoLabelsError, RemovalRefusedError
 from .files import content_hash, iter_images
 from .images import DEFAULT_MAX_PIXELS, read_image
 from .index import MANIFEST, Hit, ImageIndex, read_manifest
@@ -127,13 +127,36 @@ class _Plan:
     still_bad: list[Skipped] = field(default_factory=list)  # known failures, file unchanged
     unstatable: list[Skipped] = field(default_factory=list)
     vanished_bad: list[str] = field(default_factory=list)  # skipped entries whose files disappeared
+    indexed: int = 0  # rows under the root before this run
+
+
+# A run may remove at most this share of a root's rows, or fewer than REMOVAL_GUARD_MIN of them,
+# without allow_removal (see _check_removals).
+REMOVAL_GUARD_SHARE = 0.5
+REMOVAL_GUARD_MIN = 50
+
+
+def _check_removals(root: Path, plan: _Plan) -> None:
+    """Refuse, before anything changes, a run that would remove every row of a root, or more
+    than half of them and at least ``REMOVAL_GUARD_MIN``: an unmounted drive or a wrong path
+    leaves an empty folder, a half-finished copy a half-empty one, and either would throw away
+    hours of embedding. Ordinary deletions (a few files, or most of a small folder) pass."""
+    gone, total = len(plan.gone), plan.indexed
+    if not gone or not (gone == total or (gone > REMOVAL_GUARD_SHARE * total and gone >= REMOVAL_GUARD_MIN)):
+        return
+    found = "is empty" if gone == total and not (plan.todo or plan.unchanged or plan.moves or plan.touches) \
+        else f"lacks {gone} of its {total} indexed images"
+    raise RemovalRefusedError(
+        f"{root} {found}; refusing to remove {gone} of {total} images from the index (is a drive unmounted "
+        "or the path wrong?); nothing was changed: check the folder, or pass --allow-removal to remove "
+        "them (--no-prune keeps them)")
 
 
 def _plan(root: Path, store, prune: bool) -> _Plan:
     key = str(root)
     existing = store.rows_under(key)
     known_bad = {s.path: s for s in store.skipped(key)}
-    plan, seen = _Plan(), set()
+    plan, seen = _Plan(indexed=len(existing)), set()
     for path in iter_images(root):
         rel = path.relative_to(root).as_posix()
         seen.add(rel)
@@ -199,11 +222,14 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
                  prune: bool = True, commit_every: int = 256, index_type: str | None = None,
                  wait: bool = False, decode_timeout: float = 30.0, publish_every_s: float = 60.0,
                  engine: str = "local", ray_address: str | None = None, ray_actors: int | None = None,
-                 progress: Progress | None = None) -> IndexReport:
+                 allow_removal: bool = False, progress: Progress | None = None) -> IndexReport:
     """Add ``folder``'s images to the index at ``index_dir``, creating it if needed.
 
     Files whose size and mtime match the stored row are not read again; changed files are
-    re-embedded; rows of files that disappeared are removed when ``prune``. Undecodable files
+    re-embedded; rows of files that disappeared are removed when ``prune``, unless that would
+    remove all of the folder's rows or most of them (:func:`_check_removals`): then
+    :class:`RemovalRefusedError` is raised before anything changes, unless ``allow_removal``.
+    Undecodable files
     are recorded as skipped with a reason, and not retried until they change. Work is committed
     every ``commit_every`` images, so an interrupted run keeps what it had committed, and the
     FAISS file is re-published every ``publish_every_s`` seconds for concurrent readers (less
@@ -233,6 +259,8 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     report = IndexReport(index=str(index_dir), root=str(root))
     with ImageIndex.open_for_write(index_dir, model.identity, model.source, index_type, wait=wait) as idx:
         plan = _plan(root, idx.store, prune)
+        if not allow_removal:
+            _check_removals(root, plan)
         idx.store.forget_skipped(str(root), plan.vanished_bad)
         idx.commit(remove=plan.gone, skipped=plan.unstatable, moves=plan.moves, touches=plan.touches)
         report.unchanged, report.removed = plan.unchanged + len(plan.touches), len(plan.gone)
@@ -274,7 +302,7 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
                 for pos, info, vector in zip(batch.ok, batch.info, batch.vectors):
                     path, rel, size, mtime = plan.todo[pos]
                     add.append(NewImage(str(root), rel, _label_of(rel), size, mtime, info.hash,
-                                        info.width, info.height, vector))
+                                        info.width, info.height, vector, info.phash))
                     if rel in plan.replaces:  # a changed file: its old row goes in the same commit
                         remove.append(plan.replaces[rel])
                         report.updated += 1

@@ -157,6 +157,9 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Decoding processes [default: one per CPU core, at most 4].")
 @_max_pixels_option
 @click.option("--no-prune", is_flag=True, help="Keep entries of files that disappeared from FOLDER.")
+@click.option("--allow-removal", is_flag=True,
+              help="Remove entries even when all of FOLDER's, or over half and at least 50, disappeared "
+                   "(refused by default: an unmounted drive looks like an empty folder).")
 @click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|ondisk[:CODE]|FACTORY",
               help="FAISS index type [default: the index's own; auto for a new index].")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -172,8 +175,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 @_wait_option
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index(folder, index_dir, model_name, weights, precision, batch_size, workers, max_pixels, no_prune, index_type,
-          engine, ray_address, ray_actors, commit_every, decode_timeout, wait, as_json, quiet):
+def index(folder, index_dir, model_name, weights, precision, batch_size, workers, max_pixels, no_prune, allow_removal,
+          index_type, engine, ray_address, ray_actors, commit_every, decode_timeout, wait, as_json, quiet):
     """Embed the images under FOLDER into the index (sub-folder names become labels).
 
     Re-running is cheap: unchanged files are not read again, changed ones are re-embedded,
@@ -197,7 +200,8 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
 
     try:
         report = index_folder(folder, index_dir, model, batch_size=batch_size, workers=workers,
-                              max_pixels=_max_pixels(max_pixels), prune=not no_prune, index_type=index_type,
+                              max_pixels=_max_pixels(max_pixels), prune=not no_prune, allow_removal=allow_removal,
+                              index_type=index_type,
                               commit_every=commit_every, decode_timeout=decode_timeout, wait=wait,
                               engine=engine, ray_address=ray_address, ray_actors=ray_actors, progress=progress)
     finally:

@@ -14,6 +14,13 @@ the share of the gap between "an ordinary neighbour" and "identical" that the pa
 for identical images, 0 for a pair no closer than an ordinary neighbour. In a small or sparse
 folder the k-th neighbour is far and every same-category pair would look like a copy, so a
 pair must also reach a cosine of ``MIN_COSINE``, which planted copies almost always do.
+
+Downscaling a drawing to a third of its size can drop its cosine with the original below that
+floor, where the DCT perceptual hash (stored per image at indexing time,
+:func:`imgembed.images.perceptual_hash`) barely moves; the hash alone, on the other hand,
+confuses distinct drawings on a plain background. So a pair among the embedding's neighbours
+also counts when its hashes differ in at most ``HASH_DISTANCE`` of 64 bits and its cosine
+reaches ``HASH_MIN_COSINE``: each signal vouches for the other's blind spot.
 """
 
 from __future__ import annotations
@@ -22,12 +29,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .images import hash_distance
+
 DEFAULT_K = 10
 # score -> default threshold, each chosen from the curves of bench/duplicates.py (docs/quality.md)
 SCORES = {"relative": 0.5, "cosine": 0.85}
 CURVE = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CANDIDATE_FLOOR = 0.5  # pairs below this cosine are not even scored
 MIN_COSINE = 0.85  # the relative score's floor on the raw cosine (see the module docstring)
+HASH_DISTANCE = 4  # ... or: perceptual hashes this close (bits of 64; chosen in bench/duplicates.py)
+HASH_MIN_COSINE = 0.7  # and this cosine
 
 
 @dataclass
@@ -36,6 +47,7 @@ class ScoredPairs:
     cosine: np.ndarray  # (m,)
     normalised: np.ndarray  # (m,) relative score, see the module docstring
     rows: dict  # row id -> absolute path
+    hash_distance: np.ndarray  # (m,) Hamming distance of the perceptual hashes; -1 where one is unknown
 
 
 def scored_pairs(index, k: int = DEFAULT_K, progress=None) -> ScoredPairs:
@@ -67,11 +79,14 @@ def scored_pairs(index, k: int = DEFAULT_K, progress=None) -> ScoredPairs:
         if len(pairs) else np.zeros(0)
     normalised = (cosine - b) / np.maximum(1e-6, 1 - b)
     rows = index.store.rows_by_id(sorted({int(x) for x in pairs.ravel()}))
-    return ScoredPairs(pairs, cosine, normalised, {i: r.full_path for i, r in rows.items()})
+    hashes = [(rows[int(a)].phash, rows[int(c)].phash) for a, c in pairs]
+    distance = np.array([-1 if ha is None or hb is None else hash_distance(ha, hb) for ha, hb in hashes], np.int64)
+    return ScoredPairs(pairs, cosine, normalised, {i: r.full_path for i, r in rows.items()}, distance)
 
 
 def select(scored: ScoredPairs, score: str, threshold: float) -> np.ndarray:
     """(m,) bool: the pairs that count as duplicates under ``score`` at ``threshold``."""
     if score == "cosine":
         return scored.cosine >= threshold
-    return (scored.normalised >= threshold) & (scored.cosine >= MIN_COSINE)
+    by_hash = (scored.hash_distance >= 0) & (scored.hash_distance <= HASH_DISTANCE) & (scored.cosine >= HASH_MIN_COSINE)
+    return (scored.normalised >= threshold) & (scored.cosine >= MIN_COSINE) | by_hash

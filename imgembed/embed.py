@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .errors import ImageLoadError
-from .images import DEFAULT_MAX_PIXELS, read_image, to_rgb
+from .images import DEFAULT_MAX_PIXELS, perceptual_hash, read_image, to_rgb
 from .model import EmbeddingModel
 from .precision import autocast
 
@@ -35,6 +35,7 @@ class FileInfo:
     width: int
     height: int
     hash: str
+    phash: int | None = None  # images.perceptual_hash of the decoded image
 
 
 @dataclass
@@ -93,7 +94,8 @@ def decode(path: Path, transform, min_side: int, max_pixels: int, timeout: float
         with _time_limit(timeout):
             loaded = read_image(path, min_side=min_side, max_pixels=max_pixels)
             tensor = transform(loaded.image)
-        return tensor, FileInfo(loaded.width, loaded.height, loaded.hash), None
+            phash = perceptual_hash(loaded.image)
+        return tensor, FileInfo(loaded.width, loaded.height, loaded.hash, phash), None
     except ImageLoadError as e:
         return None, None, str(e)
     except _DecodeTimeout:

@@ -49,5 +49,10 @@ class IndexLockedError(IndexFileError):
     """Another process is writing to the index."""
 
 
+class RemovalRefusedError(ImgembedError):
+    """A run would remove all or most of a folder's indexed images (an empty or unmounted
+    folder looks exactly like that); nothing was changed."""
+
+
 class EngineError(ImgembedError):
     """The distributed embedding engine is not installed, cannot be reached, or failed."""

@@ -125,3 +125,26 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     else:
         full = 255.0
     return np.clip(np.rint(arr * (255.0 / full)), 0, 255).astype(np.uint8)
+
+
+_DCT = np.cos(np.pi / 64 * np.outer(np.arange(8), 2 * np.arange(32) + 1))  # rows 0..7 of DCT-II, n = 32
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """The 64-bit DCT perceptual hash (pHash) of an RGB image, as a signed 64-bit integer.
+
+    The image (transparency already on white) is reduced to 32x32 grey, the 8x8 lowest
+    frequencies of its 2-D DCT are compared with their median: bit ``8 * r + c`` is set where
+    coefficient ``(r, c)`` is above it. The same bits as imagehash's ``phash``, up to the
+    resampling filter. Robust to scaling and recompression, not to crops.
+    """
+    small = image.resize((32, 32), Image.BILINEAR, reducing_gap=2.0).convert("L")
+    low = _DCT @ np.asarray(small, np.float64) @ _DCT.T
+    bits = (low > np.median(low)).ravel()
+    value = int(np.packbits(bits).view(">u8")[0])
+    return value - (1 << 64) if value >= 1 << 63 else value  # SQLite stores signed 64-bit
+
+
+def hash_distance(a: int, b: int) -> int:
+    """Hamming distance between two :func:`perceptual_hash` values."""
+    return ((a ^ b) & 0xFFFF_FFFF_FFFF_FFFF).bit_count()

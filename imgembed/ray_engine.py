@@ -84,12 +84,13 @@ def _decode(batch: dict, preprocess, max_pixels: int, timeout: float) -> dict:
     transform, n = preprocess.transform(), len(batch["pos"])
     out = {"pos": batch["pos"], "pixels": np.zeros((n, 3, preprocess.crop, preprocess.crop), np.float32),
            "ok": np.zeros(n, bool), "width": np.zeros(n, np.int64), "height": np.zeros(n, np.int64),
-           "hash": np.full(n, "", object), "error": np.full(n, "", object)}
+           "hash": np.full(n, "", object), "phash": np.zeros(n, np.int64), "error": np.full(n, "", object)}
     for j, raw in enumerate(batch["path"]):
         tensor, info, error = decode(Path(os.fsdecode(bytes(raw))), transform, preprocess.min_side, max_pixels, timeout)
         if error is None:
             out["pixels"][j] = tensor.numpy()
             out["ok"][j], out["width"][j], out["height"][j], out["hash"][j] = True, info.width, info.height, info.hash
+            out["phash"][j] = info.phash
         else:
             out["error"][j] = error
     return out
@@ -170,11 +171,11 @@ def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, address: str | 
 def _to_embedded(batch: dict, dim: int) -> EmbeddedBatch:
     out = EmbeddedBatch(vectors=np.zeros((0, dim), np.float32))
     ok = batch["ok"].astype(bool)
-    for pos, good, width, height, digest, error in zip(batch["pos"], ok, batch["width"], batch["height"],
-                                                       batch["hash"], batch["error"]):
+    for pos, good, width, height, digest, phash, error in zip(batch["pos"], ok, batch["width"], batch["height"],
+                                                              batch["hash"], batch["phash"], batch["error"]):
         if good:
             out.ok.append(int(pos))
-            out.info.append(FileInfo(int(width), int(height), str(digest)))
+            out.info.append(FileInfo(int(width), int(height), str(digest), int(phash)))
         else:
             out.failed.append((int(pos), str(error)))
     if ok.any():

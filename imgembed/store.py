@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS images (
     height INTEGER NOT NULL,
     vector BLOB NOT NULL,        -- float32, little-endian, L2-normalised
     indexed_at REAL NOT NULL,
+    phash INTEGER,               -- images.perceptual_hash; NULL in rows of older versions
     UNIQUE (root, path)
 );
 CREATE INDEX IF NOT EXISTS images_hash ON images (hash);
@@ -58,6 +59,7 @@ class ImageRow:
     hash: str
     width: int
     height: int
+    phash: int | None = None
 
     @property
     def full_path(self) -> str:
@@ -77,6 +79,7 @@ class NewImage:
     width: int
     height: int
     vector: np.ndarray
+    phash: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class Skipped:
         return str(Path(self.root) / self.path)
 
 
-_ROW_COLS = "id, root, path, label, bytes, mtime_ns, hash, width, height"
+_ROW_COLS = "id, root, path, label, bytes, mtime_ns, hash, width, height"  # + ", phash" where the column exists
 
 
 def to_db(name: str | None):
@@ -138,6 +141,10 @@ class MetadataStore:
         if int(version[0]) > SCHEMA_VERSION:
             raise IndexVersionError(f"{self.path}: schema version {version[0]} is newer than this imgembed "
                                     f"supports ({SCHEMA_VERSION}); upgrade imgembed")
+        # Indexes written before perceptual hashes lack the column until their next write
+        # adds it (a compatible change: older versions ignore it, readers never write).
+        self.has_phash = any(r[1] == "phash" for r in self.db.execute("PRAGMA table_info(images)"))
+        self._row_cols = _ROW_COLS + (", phash" if self.has_phash else "")
 
     def close(self) -> None:
         self.db.close()
@@ -161,7 +168,7 @@ class MetadataStore:
             yield from self.db.execute(f"SELECT {columns} FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
     def rows_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
-        return {r[0]: _row(r) for r in self._by_id(_ROW_COLS, ids)}
+        return {r[0]: _row(r) for r in self._by_id(self._row_cols, ids)}
 
     def vectors_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """The stored (d,) float32 vectors of ``ids`` that exist."""
@@ -169,7 +176,7 @@ class MetadataStore:
 
     def rows_under(self, root: str) -> dict[str, ImageRow]:
         """Rows of one root, keyed by relative path."""
-        q = f"SELECT {_ROW_COLS} FROM images WHERE root = ?"
+        q = f"SELECT {self._row_cols} FROM images WHERE root = ?"
         rows = (_row(r) for r in self.db.execute(q, (to_db(root),)))
         return {row.path: row for row in rows}
 
@@ -208,7 +215,11 @@ class MetadataStore:
         """
         now = time.time()
         ids = []
+        add = list(add)
         with self.db:
+            if add and not self.has_phash:
+                self.db.execute("ALTER TABLE images ADD COLUMN phash INTEGER")
+                self.has_phash, self._row_cols = True, _ROW_COLS + ", phash"
             self.db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in remove])
             self.db.executemany("UPDATE images SET path = ?, label = ?, mtime_ns = ? WHERE id = ?",
                                 [(to_db(path), to_db(label), mtime, int(i)) for i, path, label, mtime in moves])
@@ -217,10 +228,10 @@ class MetadataStore:
                 root, path = to_db(im.root), to_db(im.path)
                 self.db.execute("DELETE FROM skipped WHERE root = ? AND path = ?", (root, path))
                 cur = self.db.execute(
-                    "INSERT INTO images (root, path, label, bytes, mtime_ns, hash, width, height, vector, indexed_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO images (root, path, label, bytes, mtime_ns, hash, width, height, vector, indexed_at, phash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (root, path, to_db(im.label), im.bytes, im.mtime_ns, im.hash, im.width, im.height,
-                     np.ascontiguousarray(im.vector, dtype="<f4").tobytes(), now))
+                     np.ascontiguousarray(im.vector, dtype="<f4").tobytes(), now, im.phash))
                 ids.append(cur.lastrowid)
             self.db.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?, ?)",
                                 [(to_db(s.root), to_db(s.path), s.reason, s.bytes, s.mtime_ns) for s in skipped])

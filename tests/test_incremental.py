@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import SAMPLES, run_cli, run_json
 from imgembed import vectors
 from imgembed.api import check_index, index_folder, remove_paths
-from imgembed.errors import IndexLockedError
+from imgembed.errors import IndexLockedError, RemovalRefusedError
 from imgembed.index import FAISS_FILE, ImageIndex
 from imgembed.lock import WriterLock
 
@@ -60,6 +60,44 @@ def test_changes_between_runs_match_a_fresh_index(tmp_path, model):
     assert (again.added, again.updated, again.moved, again.removed, again.unchanged) == (0, 0, 0, 0, 30)
 
 
+def test_an_empty_or_unmounted_folder_never_wipes_the_index(tmp_path, model):
+    """An unmounted drive leaves an empty mount point: re-indexing it must stop before changing
+    anything, with one line that says what to do; --allow-removal does remove."""
+    folder = copy_classes(tmp_path / "photos", "fish", "fruit")
+    index = tmp_path / "idx"
+    index_folder(folder, index, model, workers=0)
+    before = snapshot(index)
+    for label in ("fish", "fruit"):
+        shutil.rmtree(folder / label)
+    with pytest.raises(RemovalRefusedError, match="is empty; refusing to remove 20 of 20"):
+        index_folder(folder, index, model, workers=0)
+    proc = run_cli("index", folder, "--index", index, "-q", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--allow-removal" in proc.stderr
+    assert snapshot(index).keys() == before.keys()
+    assert run_json("index", folder, "--index", index, "-q", "--no-prune")["removed"] == 0  # keeps them
+    assert run_json("index", folder, "--index", index, "-q", "--allow-removal")["removed"] == 20
+
+
+def test_losing_most_of_a_large_folder_is_refused_but_ordinary_deletions_pass(tmp_path, model):
+    folder = copy_classes(tmp_path / "photos", *sorted(p.name for p in SAMPLES.iterdir() if p.is_dir()))
+    index = tmp_path / "idx"
+    total = index_folder(folder, index, model, workers=0).total
+    assert total == 80
+    files = sorted(folder.rglob("*.png"))
+    for f in files[:45]:  # over half of 80, but under the 50 that makes a mass removal
+        f.unlink()
+    assert index_folder(folder, index, model, workers=0).removed == 45
+    shutil.rmtree(folder)
+    copy_classes(folder, *sorted(p.name for p in SAMPLES.iterdir() if p.is_dir()))
+    assert index_folder(folder, index, model, workers=0).added == 45
+    for f in files[:60]:  # a half-copied folder: 60 of 80 missing
+        f.unlink()
+    with pytest.raises(RemovalRefusedError, match="lacks 60 of its 80 indexed images"):
+        index_folder(folder, index, model, workers=0)
+    assert len(snapshot(index)) == 80
+
+
 def test_pruning_one_root_never_touches_another(tmp_path, model):
     a = copy_classes(tmp_path / "a", "fish")
     b = copy_classes(tmp_path / "b", "fruit")
@@ -67,7 +105,7 @@ def test_pruning_one_root_never_touches_another(tmp_path, model):
     index_folder(a, index, model, workers=0)
     index_folder(b, index, model, workers=0)
     shutil.rmtree(a / "fish")
-    report = index_folder(a, index, model, workers=0)
+    report = index_folder(a, index, model, workers=0, allow_removal=True)  # all of a: see below
     assert report.removed == 10 and report.total == 10
     with ImageIndex.open(index) as idx:
         assert idx.store.roots() == [str(b.resolve())]
