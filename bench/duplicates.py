@@ -86,7 +86,7 @@ def build(kind: str, n: int, seed: int) -> tuple[Path, dict]:
             unique.append(p)
     paths = unique
     originals = set(rng.permutation(len(paths))[:n].tolist())
-    folder = OUT / kind
+    folder = OUT / f"{kind}-{n}-{seed}"
     saved = OUT / f"truth-{kind}-{n}-{seed}.json"
     if folder.is_dir() and saved.is_file():
         return folder, json.loads(saved.read_text())
@@ -163,7 +163,7 @@ def main() -> None:
     results = {}
     for kind in ("photos", "drawings"):
         folder, truth = build(kind, args.originals, args.seed)
-        index_dir = OUT / f"index-{kind}"
+        index_dir = OUT / f"index-{kind}-{args.originals}-{args.seed}"
         index_folder(folder, index_dir, model)  # incremental: a re-run embeds nothing
         res = results[kind] = {"images": len(list(folder.iterdir())), "copies": len(truth), "methods": {}}
         # the relative score without its cosine floor, to show what the floor costs

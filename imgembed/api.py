@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -25,7 +25,7 @@ from .errors import ImageLoadError, InputError, NoLabelsError, RemovalRefusedErr
 from .files import content_hash, iter_images
 from .images import DEFAULT_MAX_PIXELS, read_image
 from .index import MANIFEST, Hit, ImageIndex, read_manifest
-from .store import NewImage, Skipped, from_db
+from .store import TOMBSTONE_DAYS, Known, NewImage, Skipped, from_db
 
 if TYPE_CHECKING:
     from .model import EmbeddingModel
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # layer start fast.
 
 __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "compare",
-           "index_info", "rebuild_index", "remove_paths", "check_index", "find_duplicates", "DuplicateGroup",
+           "index_info", "rebuild_index", "remove_paths", "drop_tombstones", "check_index", "find_duplicates", "DuplicateGroup",
            "QueryResult", "Classification"]
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -86,7 +86,8 @@ class IndexReport:
     added: int = 0
     updated: int = 0
     moved: int = 0
-    removed: int = 0
+    removed: int = 0  # rows of vanished files, kept as tombstones (store.TOMBSTONE_DAYS)
+    restored: int = 0  # new or changed files whose bytes already had a vector: not embedded
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     total: int = 0  # images in the index after the run
@@ -103,7 +104,8 @@ class IndexReport:
     def to_dict(self) -> dict:
         return {
             "index": self.index, "root": self.root, "added": self.added, "updated": self.updated,
-            "moved": self.moved, "removed": self.removed, "unchanged": self.unchanged, "total": self.total,
+            "moved": self.moved, "removed": self.removed, "restored": self.restored, "unchanged": self.unchanged,
+            "total": self.total,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "elapsed_s": round(self.elapsed_s, 3), "images_per_s": round(self.images_per_s, 2),
         }
@@ -128,6 +130,9 @@ class _Plan:
     unstatable: list[Skipped] = field(default_factory=list)
     vanished_bad: list[str] = field(default_factory=list)  # skipped entries whose files disappeared
     indexed: int = 0  # rows under the root before this run
+    # files whose bytes the index already has a vector for (a tombstone, or a row elsewhere):
+    # (path, relative, bytes, mtime_ns, content hash, stored vector)
+    restores: list[tuple[Path, str, int, int, str, Known]] = field(default_factory=list)
 
 
 # A run may remove at most this share of a root's rows, or fewer than REMOVAL_GUARD_MIN of them,
@@ -144,7 +149,7 @@ def _check_removals(root: Path, plan: _Plan) -> None:
     gone, total = len(plan.gone), plan.indexed
     if not gone or not (gone == total or (gone > REMOVAL_GUARD_SHARE * total and gone >= REMOVAL_GUARD_MIN)):
         return
-    found = "is empty" if gone == total and not (plan.todo or plan.unchanged or plan.moves or plan.touches) \
+    found = "is empty" if gone == total and not (plan.todo or plan.unchanged or plan.moves or plan.touches or plan.restores) \
         else f"lacks {gone} of its {total} indexed images"
     raise RemovalRefusedError(
         f"{root} {found}; refusing to remove {gone} of {total} images from the index (is a drive unmounted "
@@ -177,6 +182,7 @@ def _plan(root: Path, store, prune: bool) -> _Plan:
             plan.todo.append((path, rel, *stamp))
     gone = {rel: row for rel, row in existing.items() if rel not in seen}
     _confirm_by_hash(plan, existing, gone)
+    _restore_by_hash(plan, store)
     if prune:
         plan.gone = [row.id for row in gone.values()]
     plan.vanished_bad = [p for p in known_bad if p not in seen]
@@ -214,6 +220,32 @@ def _confirm_by_hash(plan: _Plan, existing: dict, gone: dict) -> None:
                 plan.moves.append((old.id, rel, _label_of(rel), mtime))
                 continue
         todo.append(item)
+    plan.todo = todo
+
+
+def _restore_by_hash(plan: _Plan, store) -> None:
+    """Take out of ``plan.todo`` the files whose bytes the index already holds a vector for: a
+    tombstone (a file that vanished, from this root or another, and came back) or a live row
+    (the same file under another root, or a copy). Only files of a stored size are read."""
+    if not plan.todo:
+        return
+    sizes = store.content_sizes()
+    taken: dict[tuple[str, int], Known] = {}
+    todo = []
+    for item in plan.todo:
+        path, rel, size, mtime = item
+        digest = _file_hash(path) if size in sizes else None
+        known = None
+        if digest is not None:
+            key = (digest, size)
+            if key in taken:  # a second copy of restored bytes: reuse the vector, the tombstone is taken
+                known = replace(taken[key], tombstone=None)
+            else:
+                known = taken[key] = store.known(digest, size)
+        if known is None:
+            todo.append(item)
+        else:
+            plan.restores.append((path, rel, size, mtime, digest, known))
     plan.todo = todo
 
 
@@ -262,9 +294,14 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
         if not allow_removal:
             _check_removals(root, plan)
         idx.store.forget_skipped(str(root), plan.vanished_bad)
-        idx.commit(remove=plan.gone, skipped=plan.unstatable, moves=plan.moves, touches=plan.touches)
+        idx.store.drop_tombstones(older_than=time.time() - TOMBSTONE_DAYS * 86400)
+        restored = [NewImage(str(root), rel, _label_of(rel), size, mtime, digest, k.width, k.height, k.vector, k.phash)
+                    for _, rel, size, mtime, digest, k in plan.restores]
+        replaced = [plan.replaces.pop(r.path) for r in restored if r.path in plan.replaces]
+        idx.commit(vanish=plan.gone, remove=replaced, skipped=plan.unstatable, moves=plan.moves, touches=plan.touches,
+                   add=restored, restored=[k.tombstone for *_, k in plan.restores if k.tombstone is not None])
         report.unchanged, report.removed = plan.unchanged + len(plan.touches), len(plan.gone)
-        report.moved = len(plan.moves)
+        report.moved, report.restored = len(plan.moves), len(restored)
         report.skipped = [(s.full_path, s.reason) for s in plan.still_bad + plan.unstatable]
 
         add: list[NewImage] = []
@@ -410,7 +447,9 @@ def compare(model: "EmbeddingModel", a: Query, b: Query, *, max_pixels: int = DE
 def remove_paths(index_dir: str | Path, paths: Sequence[str | Path], *, wait: bool = False) -> dict:
     """Drop the entries of files, or of everything under folders, from the index.
 
-    Paths are matched by their absolute form; the files need not exist any more. Returns
+    Paths are matched by their absolute form; the files need not exist any more. The rows leave
+    tombstones (:data:`~imgembed.store.TOMBSTONE_DAYS`), so indexing the same bytes again
+    restores their vectors; :func:`drop_tombstones` forgets them now. Returns
     ``{"removed": images, "forgotten_skipped": skipped entries}``.
     """
     with ImageIndex.open_for_write(index_dir, None, wait=wait) as idx:
@@ -420,9 +459,17 @@ def remove_paths(index_dir: str | Path, paths: Sequence[str | Path], *, wait: bo
             full = os.path.abspath(p)
             ids.update(idx.store.ids_under(full))
             forgotten += idx.store.forget_skipped_under(full)
-        idx.commit(remove=sorted(ids))
+        idx.commit(vanish=sorted(ids))
         idx.save()
         return {"removed": len(ids), "forgotten_skipped": forgotten}
+
+
+def drop_tombstones(index_dir: str | Path, *, wait: bool = False) -> int:
+    """Forget the vectors kept for removed files now, instead of after
+    :data:`~imgembed.store.TOMBSTONE_DAYS`; return how many. (SQLite reuses the space; the
+    file itself does not shrink.)"""
+    with ImageIndex.open_for_write(index_dir, None, wait=wait) as idx:
+        return idx.store.drop_tombstones()
 
 
 @dataclass(frozen=True)
@@ -534,6 +581,7 @@ def index_info(index_dir: str | Path) -> dict:
             "images": len(idx),
             "labels": {(k if k is not None else ""): v for k, v in labels.items()},
             "skipped": [{"path": s.full_path, "reason": s.reason} for s in idx.store.skipped()],
+            "tombstones": idx.store.tombstones(),
             "size_bytes": sum(f.stat().st_size for f in Path(index_dir).iterdir() if f.is_file()),
             "problem": idx.problem,
         }

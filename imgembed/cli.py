@@ -215,8 +215,9 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
                    f"{report.elapsed_s:.1f} s ({report.images_per_s:.1f} images/s)")
     else:
         click.echo(f"indexed {report.root} into {report.index}: nothing new to embed ({report.elapsed_s:.1f} s)")
-    click.echo(f"  added {report.added}, updated {report.updated}, moved {report.moved}, removed {report.removed}, "
-               f"unchanged {report.unchanged}, skipped {len(report.skipped)}; {report.total} images in the index")
+    click.echo(f"  added {report.added}, updated {report.updated}, moved {report.moved}, restored {report.restored}, "
+               f"removed {report.removed}, unchanged {report.unchanged}, skipped {len(report.skipped)}; "
+               f"{report.total} images in the index")
     for path, reason in report.skipped:
         click.echo(f"  skipped {path}: {reason}")
 
@@ -319,6 +320,7 @@ def info(index_dir, as_json):
         click.echo(f"labels:   {len([k for k in labels if k])}")
         for label, n in labels.items():
             click.echo(f"  {label or '(root, unlabelled)'}: {n}")
+    click.echo(f"removed:  {data['tombstones']} kept for restoring (imgembed gc drops them)")
     click.echo(f"skipped:  {len(data['skipped'])}")
     for s in data["skipped"]:
         click.echo(f"  {s['path']}: {s['reason']}")
@@ -531,7 +533,11 @@ def rebuild(index_dir, index_type, wait, as_json):
 @_wait_option
 @_json_option
 def remove(paths, index_dir, wait, as_json):
-    """Drop the entries of files, or of everything under folders, from the index."""
+    """Drop the entries of files, or of everything under folders, from the index.
+
+    Their vectors are kept for 30 days (`imgembed gc` drops them now): the same files indexed
+    again are restored without embedding.
+    """
     from .api import remove_paths
 
     result = remove_paths(index_dir, paths, wait=wait)
@@ -540,6 +546,21 @@ def remove(paths, index_dir, wait, as_json):
     else:
         click.echo(f"removed {result['removed']} images (and {result['forgotten_skipped']} skipped entries) "
                    f"from {index_dir}")
+
+
+@main.command()
+@_index_option
+@_wait_option
+@_json_option
+def gc(index_dir, wait, as_json):
+    """Drop the vectors kept for removed files now (they go by themselves after 30 days)."""
+    from .api import drop_tombstones
+
+    dropped = drop_tombstones(index_dir, wait=wait)
+    if as_json:
+        _emit_json({"dropped": dropped})
+    else:
+        click.echo(f"dropped {dropped} removed images' vectors from {index_dir}")
 
 
 @main.command()

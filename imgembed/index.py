@@ -236,14 +236,18 @@ class ImageIndex:
     # -- writing -------------------------------------------------------------------------
 
     def commit(self, *, remove=(), add: list[NewImage] = (), skipped: list[Skipped] = (), moves=(),
-               touches=()) -> list[int]:
+               touches=(), vanish=(), restored=()) -> list[int]:
         """Apply a chunk to SQLite (one transaction), then to the in-memory FAISS index.
 
         ``moves`` ``(id, path, label, mtime_ns)`` and ``touches`` ``(id, mtime_ns)`` change only
-        metadata: the vectors stay.
+        metadata: the vectors stay. ``vanish`` removes rows but keeps tombstones of them, and
+        ``restored`` names the tombstones that rows in ``add`` bring back
+        (:meth:`MetadataStore.commit`).
         """
-        remove = list(remove)
-        ids = self.store.commit(remove=remove, add=add, skipped=skipped, moves=moves, touches=touches)
+        remove, vanish = list(remove), list(vanish)
+        ids = self.store.commit(remove=remove, add=add, skipped=skipped, moves=moves, touches=touches,
+                                vanish=vanish, restored=restored)
+        remove = remove + vanish
         if remove and vectors.supports_removal(self.faiss):
             vectors.remove(self.faiss, remove)
         elif remove:

@@ -46,6 +46,24 @@ CREATE TABLE IF NOT EXISTS skipped (
     PRIMARY KEY (root, path)
 );
 """
+# Tombstones: rows of files that vanished keep their vectors for TOMBSTONE_DAYS, so a file that
+# comes back (same bytes, any path, any root) is restored without being embedded again. Created
+# by the first write that needs it, so indexes of older versions gain it in place.
+_TOMBSTONES = (
+    """CREATE TABLE IF NOT EXISTS removed (
+    hash TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    phash INTEGER,
+    vector BLOB NOT NULL,
+    root TEXT NOT NULL,          -- where it was, for the record
+    path TEXT NOT NULL,
+    removed_at REAL NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS removed_hash ON removed (hash)",
+)
+TOMBSTONE_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,17 @@ class NewImage:
     height: int
     vector: np.ndarray
     phash: int | None = None
+
+
+@dataclass(frozen=True)
+class Known:
+    """A stored vector for some content: a tombstone's (``tombstone`` is its rowid) or a live row's."""
+
+    tombstone: int | None
+    width: int
+    height: int
+    phash: int | None
+    vector: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,8 @@ class MetadataStore:
         # adds it (a compatible change: older versions ignore it, readers never write).
         self.has_phash = any(r[1] == "phash" for r in self.db.execute("PRAGMA table_info(images)"))
         self._row_cols = _ROW_COLS + (", phash" if self.has_phash else "")
+        self.has_tombstones = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removed'").fetchone() is not None
 
     def close(self) -> None:
         self.db.close()
@@ -197,6 +228,38 @@ class MetadataStore:
     def roots(self) -> list[str]:
         return [from_db(r[0]) for r in self.db.execute("SELECT DISTINCT root FROM images ORDER BY root")]
 
+    def content_sizes(self) -> set[int]:
+        """Sizes in bytes of every stored content, live or tombstoned: only a file of such a size
+        can have a vector already."""
+        q = "SELECT DISTINCT bytes FROM images" + (" UNION SELECT bytes FROM removed" if self.has_tombstones else "")
+        return {r[0] for r in self.db.execute(q)}
+
+    def known(self, digest: str, size: int) -> Known | None:
+        """A stored vector for this content: a tombstone first (restoring it; none older than
+        TOMBSTONE_DAYS), else a live row."""
+        if self.has_tombstones:
+            r = self.db.execute("SELECT rowid, width, height, phash, vector FROM removed WHERE hash = ? AND bytes = ?"
+                                " AND removed_at >= ? ORDER BY removed_at DESC LIMIT 1",
+                                (digest, size, time.time() - TOMBSTONE_DAYS * 86400)).fetchone()
+            if r:
+                return Known(r[0], r[1], r[2], r[3], np.frombuffer(r[4], dtype="<f4").astype(np.float32))
+        phash = "phash" if self.has_phash else "NULL"
+        r = self.db.execute(f"SELECT width, height, {phash}, vector FROM images WHERE hash = ? AND bytes = ? LIMIT 1",
+                            (digest, size)).fetchone()
+        return Known(None, r[0], r[1], r[2], np.frombuffer(r[3], dtype="<f4").astype(np.float32)) if r else None
+
+    def tombstones(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM removed").fetchone()[0] if self.has_tombstones else 0
+
+    def drop_tombstones(self, older_than: float | None = None) -> int:
+        """Forget tombstones removed before ``older_than`` (a time.time()), or all; return how many."""
+        if not self.has_tombstones:
+            return 0
+        with self.db:
+            if older_than is None:
+                return self.db.execute("DELETE FROM removed").rowcount
+            return self.db.execute("DELETE FROM removed WHERE removed_at < ?", (older_than,)).rowcount
+
     def skipped(self, root: str | None = None) -> list[Skipped]:
         if root is None:
             rows = self.db.execute("SELECT * FROM skipped ORDER BY root, path")
@@ -207,19 +270,33 @@ class MetadataStore:
     # -- writes ---------------------------------------------------------------------------
 
     def commit(self, *, remove: Iterable[int] = (), add: Iterable[NewImage] = (),
-               skipped: Iterable[Skipped] = (), moves: Iterable[tuple] = (), touches: Iterable[tuple] = ()) -> list[int]:
+               skipped: Iterable[Skipped] = (), moves: Iterable[tuple] = (), touches: Iterable[tuple] = (),
+               vanish: Iterable[int] = (), restored: Iterable[int] = ()) -> list[int]:
         """Apply one chunk of changes in a single transaction; return the new rows' ids.
 
         A path that is added stops being "skipped"; a skipped path loses no other row here,
-        so callers pass the ids of rows a skipped file replaces in ``remove``.
+        so callers pass the ids of rows a skipped file replaces in ``remove``. Rows in ``vanish``
+        are removed too, but leave tombstones; ``restored`` tombstones (rowids) were brought
+        back by rows in ``add``.
         """
         now = time.time()
         ids = []
-        add = list(add)
+        add, vanish = list(add), [(now, int(i)) for i in vanish]
         with self.db:
             if add and not self.has_phash:
                 self.db.execute("ALTER TABLE images ADD COLUMN phash INTEGER")
                 self.has_phash, self._row_cols = True, _ROW_COLS + ", phash"
+            if vanish and not self.has_tombstones:
+                for statement in _TOMBSTONES:
+                    self.db.execute(statement)
+                self.has_tombstones = True
+            if vanish:
+                phash = "phash" if self.has_phash else "NULL"
+                self.db.executemany("INSERT INTO removed SELECT hash, bytes, width, height, "
+                                    f"{phash}, vector, root, path, ? FROM images WHERE id = ?", vanish)
+            if self.has_tombstones:
+                self.db.executemany("DELETE FROM removed WHERE rowid = ?", [(int(i),) for i in restored])
+            self.db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for _, i in vanish])
             self.db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in remove])
             self.db.executemany("UPDATE images SET path = ?, label = ?, mtime_ns = ? WHERE id = ?",
                                 [(to_db(path), to_db(label), mtime, int(i)) for i, path, label, mtime in moves])

@@ -90,12 +90,55 @@ def test_losing_most_of_a_large_folder_is_refused_but_ordinary_deletions_pass(tm
     assert index_folder(folder, index, model, workers=0).removed == 45
     shutil.rmtree(folder)
     copy_classes(folder, *sorted(p.name for p in SAMPLES.iterdir() if p.is_dir()))
-    assert index_folder(folder, index, model, workers=0).added == 45
+    back = index_folder(folder, index, model, workers=0)
+    assert (back.added, back.restored) == (0, 45)  # their vectors were kept: nothing embedded
     for f in files[:60]:  # a half-copied folder: 60 of 80 missing
         f.unlink()
     with pytest.raises(RemovalRefusedError, match="lacks 60 of its 80 indexed images"):
         index_folder(folder, index, model, workers=0)
     assert len(snapshot(index)) == 80
+
+
+def test_files_that_vanish_and_come_back_get_their_vectors_back(tmp_path, model):
+    """Inside a root, across roots in either order, and not after `gc` or the retention time."""
+    a, b = copy_classes(tmp_path / "a", "fish", "fruit"), tmp_path / "b"
+    index = tmp_path / "idx"
+    index_folder(a, index, model, workers=0)
+    before = snapshot(index)
+    shutil.move(a / "fish" / "dolphin.png", tmp_path / "dolphin.png")  # away for one run
+    assert index_folder(a, index, model, workers=0).removed == 1
+    assert run_json("info", "--index", index)["tombstones"] == 1
+    shutil.move(tmp_path / "dolphin.png", a / "dolphin_again.png")  # back, elsewhere in the root
+    back = index_folder(a, index, model, workers=0)
+    assert (back.added, back.restored, back.total) == (0, 1, 20)
+    assert np.array_equal(snapshot(index)[f"{a.resolve()}/dolphin_again.png"], before[f"{a.resolve()}/fish/dolphin.png"])
+    # a move from root a to root b, the source indexed first: a tombstone, then a restore
+    b.mkdir()
+    shutil.move(a / "fruit", b / "fruit")
+    assert index_folder(a, index, model, workers=0).removed == 10
+    moved = index_folder(b, index, model, workers=0)
+    assert (moved.added, moved.restored) == (0, 10)
+    # ... and the destination indexed first: the live row's vector is reused
+    shutil.move(a / "fish", b / "fish")
+    first = index_folder(b, index, model, workers=0)
+    assert (first.added, first.restored) == (0, 9)
+    assert index_folder(a, index, model, workers=0).removed == 9  # dolphin_again.png stays in a
+    after = snapshot(index)
+    for name, vector in before.items():
+        moved_to = name.replace(f"{a.resolve()}/", f"{b.resolve()}/").replace(f"{b.resolve()}/fish/dolphin.png",
+                                                                            f"{a.resolve()}/dolphin_again.png")
+        assert np.array_equal(after[moved_to], vector), name
+    # gc forgets them: a file coming back after it is embedded again
+    assert run_json("gc", "--index", index)["dropped"] == 9  # restores consumed the other tombstones
+    shutil.copy(b / "fish" / "seahorse.png", tmp_path / "seahorse.png")
+    remove_paths(index, [b / "fish" / "seahorse.png"])
+    with ImageIndex.open_for_write(index, None) as idx:  # pretend it was removed 31 days ago
+        with idx.store.db:
+            idx.store.db.execute("UPDATE removed SET removed_at = removed_at - 31 * 86400")
+    (b / "fish" / "seahorse.png").unlink()
+    shutil.copy(tmp_path / "seahorse.png", b / "seahorse2.png")
+    again = index_folder(b, index, model, workers=0)
+    assert (again.added, again.restored) == (1, 0)
 
 
 def test_pruning_one_root_never_touches_another(tmp_path, model):
