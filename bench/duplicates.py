@@ -148,13 +148,37 @@ def phash_pairs(folder: Path, distances) -> dict[int, set]:
     return out
 
 
+SUMMARY = {"relative>=0.5": "`duplicates` default", "relative>=0.5 (no hash)": "relative >= 0.5 at cosine >= 0.85, no hash",
+           "relative>=0.5 (no floor)": "relative >= 0.5 alone, no hash, no floor",
+           "cosine>=0.85": "raw cosine >= 0.85", "phash<=10": "imagededup PHash <= 10"}
+
+
+def summary(results: dict, seed: int) -> str:
+    """Markdown rows of the main methods, for docs/quality.md."""
+    lines = []
+    for kind, res in results.items():
+        types = TYPES[kind]
+        lines += [f"\n{kind}, seed {seed}: {res['images']} images, {res['copies']} planted copies\n",
+                  "| method | precision | recall | " + " | ".join(types) + " |",
+                  "|---|---|---|" + "---|" * len(types)]
+        for key, name in SUMMARY.items():
+            r = res["methods"][key]
+            lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                         + " | ".join(f"{r[t]:.3f}" for t in types) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--originals", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, nargs="*", default=[], help="Also try these backgrounds (k-th neighbour).")
     parser.add_argument("--out", default=str(OUT / "results.json"))
+    parser.add_argument("--report", metavar="JSON", help="Only print the summary of an earlier run's results.")
     args = parser.parse_args()
+    if args.report:
+        print(summary(json.loads(Path(args.report).read_text()), args.seed))
+        return
     from imgembed import dedup
     from imgembed.api import index_folder, load_model
     from imgembed.index import ImageIndex
@@ -191,6 +215,8 @@ def main() -> None:
         # the default's hash rule at other distances and cosines, to choose them
         relative = (scored.normalised >= dedup.SCORES["relative"]) & (scored.cosine >= dedup.MIN_COSINE)
         known = scored.hash_distance >= 0
+        res["methods"]["relative>=0.5 (no hash)"] = evaluate_pairs(
+            {(paths[a], paths[b]) for a, b in scored.pairs[relative]}, truth, kind)
         for d in (0, 2, 4, 6):
             for floor in (0.6, 0.7, 0.8):
                 keep = relative | known & (scored.hash_distance <= d) & (scored.cosine >= floor)
@@ -205,6 +231,7 @@ def main() -> None:
             print(f"  {m:<28}" + "".join(f"{r[c]:>13.3f}" for c in cols) + f"   ({r['pairs']} pairs)")
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
+    print(summary(results, args.seed))
 
 
 if __name__ == "__main__":
