@@ -304,7 +304,8 @@ def main() -> None:
     parser.add_argument("--report", metavar="JSON", help="Only print the tables of an earlier run's results.")
     args = parser.parse_args()
     if args.report:
-        print(report(json.loads(Path(args.report).read_text()), grid=args.variants))
+        results = json.loads(Path(args.report).read_text())
+        print(summary(results) + "\n\n" + report(results, grid=args.variants))
         return
     import torch
 
@@ -374,7 +375,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}\n")
-    print(report(results, grid=args.variants))
+    print(summary(results) + "\n\n" + report(results, grid=args.variants))
 
 
 METHODS = ("legacy", "default", "pca-white", "lda", "wccn", "train", "unlabelled")
@@ -433,6 +434,24 @@ def report(results: dict, grid: bool = False) -> str:
         table("Input and pooling grid: k-NN accuracy (mean over S = 5, 10, 30) on the tuning and held-out sets, "
               "mAP@R over all sets, instance rank-1",
               ["variant/pooling", "k-NN tune", "k-NN held out", "mAP@R", *(f"rank-1 {k}" for k in inst)], rows)
+    return "\n".join(lines)
+
+
+def summary(results: dict) -> str:
+    """The README's two tables: means over the sets, and each set's k-NN accuracy."""
+    sets = results["sets"]
+    names = list(sets)
+    methods = [m for m in METHODS if all(m in _row(sets[n], s) for n in names for s in SHOTS)]
+    lines = ["| method | k-NN, 5 per class | 10 | 30 | open-set mAP@R |", "|---|---|---|---|---|"]
+    for m in methods:
+        knn = [np.mean([_row(sets[n], s)[m]["knn"] for n in names]) for s in SHOTS]
+        opened = np.mean([sets[n]["open"][m]["map"] for n in names]) if all(m in sets[n]["open"] for n in names) else None
+        lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in knn)
+                     + f" | {'-' if opened is None else f'{opened:.3f}'} |")
+    lines += ["", "| set (kind, classes) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for n in names:
+        cells = [" / ".join(f"{_row(sets[n], s)[m]['knn']:.2f}" for s in SHOTS) for m in methods]
+        lines.append(f"| {n} ({sets[n]['kind']}, {sets[n]['classes']}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
