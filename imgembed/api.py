@@ -23,7 +23,7 @@ from PIL import Image
 from . import knn
 from .errors import ImageLoadError, InputError, NoLabelsError, RemovalRefusedError
 from .files import content_hash, iter_images
-from .images import DEFAULT_MAX_PIXELS, read_image
+from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model
 from .index import MANIFEST, Hit, ImageIndex, read_manifest
 from .store import TOMBSTONE_DAYS, Known, NewImage, Skipped, from_db
 
@@ -71,7 +71,7 @@ def embed(model: "EmbeddingModel", items: Sequence[Query], *, max_pixels: int = 
             images.append(item)
             continue
         try:
-            images.append(read_image(item, min_side=model.preprocess.min_side, max_pixels=max_pixels).image)
+            images.append(load_for_model(item, min_side=model.preprocess.min_side, max_pixels=max_pixels).image)
         except ImageLoadError as e:
             raise ImageLoadError(f"{item}: {e}") from None
     return embed_images(model, images)
@@ -252,7 +252,7 @@ def _restore_by_hash(plan: _Plan, store) -> None:
 def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingModel | None" = None, *,
                  batch_size: int = 32, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  prune: bool = True, commit_every: int = 256, index_type: str | None = None,
-                 wait: bool = False, decode_timeout: float = 30.0, publish_every_s: float = 60.0,
+                 wait: bool = False, decode_timeout: float = DEFAULT_DECODE_TIMEOUT, publish_every_s: float = 60.0,
                  engine: str = "local", ray_address: str | None = None, ray_actors: int | None = None,
                  allow_removal: bool = False, progress: Progress | None = None) -> IndexReport:
     """Add ``folder``'s images to the index at ``index_dir``, creating it if needed.

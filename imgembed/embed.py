@@ -6,10 +6,7 @@ cannot be decoded is reported in the batch's ``failed`` list and never stops the
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -19,7 +16,7 @@ import torch
 from PIL import Image
 
 from .errors import ImageLoadError
-from .images import DEFAULT_MAX_PIXELS, perceptual_hash, read_image, to_rgb
+from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model, perceptual_hash, to_rgb
 from .model import EmbeddingModel
 from .precision import autocast
 
@@ -48,30 +45,6 @@ class EmbeddedBatch:
     failed: list[tuple[int, str]] = field(default_factory=list)
 
 
-class _DecodeTimeout(Exception):
-    pass
-
-
-def _on_alarm(signum, frame):
-    raise _DecodeTimeout
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    """Interrupt the enclosed decode after ``seconds`` (SIGALRM; only in a main thread, where
-    decoding workers run; elsewhere no limit applies)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 class _Files(torch.utils.data.Dataset):
     def __init__(self, paths: Sequence[Path], transform, min_side: int, max_pixels: int, timeout: float):
         self.paths, self.transform, self.min_side, self.max_pixels = paths, transform, min_side, max_pixels
@@ -91,16 +64,12 @@ def decode(path: Path, transform, min_side: int, max_pixels: int, timeout: float
     Both engines decode through here, so a bad file is reported with the same reason by each.
     """
     try:
-        with _time_limit(timeout):
-            loaded = read_image(path, min_side=min_side, max_pixels=max_pixels)
-            tensor = transform(loaded.image)
-            phash = perceptual_hash(loaded.image)
-        return tensor, FileInfo(loaded.width, loaded.height, loaded.hash, phash), None
+        loaded = load_for_model(path, min_side=min_side, max_pixels=max_pixels, timeout=timeout)
+        tensor = transform(loaded.image)
+        return tensor, FileInfo(loaded.width, loaded.height, loaded.hash, perceptual_hash(loaded.image)), None
     except ImageLoadError as e:
         return None, None, str(e)
-    except _DecodeTimeout:
-        return None, None, f"decoding took longer than {timeout:g} s (stuck or hostile file)"
-    except Exception as e:  # a decoder bug must not kill the run; report it like a bad file
+    except Exception as e:  # a transform bug must not kill the run; report it like a bad file
         return None, None, f"cannot decode image: {type(e).__name__}: {e}"
 
 
@@ -121,7 +90,7 @@ def embed_tensor(model: EmbeddingModel, batch: torch.Tensor) -> np.ndarray:
 
 def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, batch_size: int = 32,
                 workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                decode_timeout: float = 30.0) -> Iterator[EmbeddedBatch]:
+                decode_timeout: float = DEFAULT_DECODE_TIMEOUT) -> Iterator[EmbeddedBatch]:
     """Embed ``paths`` in order, yielding one :class:`EmbeddedBatch` per ``batch_size`` files."""
     if not paths:
         return

@@ -23,7 +23,7 @@ import torch
 from .embed import default_workers
 from .errors import ImageLoadError
 from .files import content_hash
-from .images import DEFAULT_MAX_PIXELS, read_image
+from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model
 from .model import EmbeddingModel
 from .precision import autocast
 
@@ -85,9 +85,9 @@ def _collate(items):
 class _Views(torch.utils.data.Dataset):
     """Per file: the cached views, or the decoded image's missing views as tensors."""
 
-    def __init__(self, paths, cache_dir: Path, preprocess, views: int, max_pixels: int):
+    def __init__(self, paths, cache_dir: Path, preprocess, views: int, max_pixels: int, timeout: float):
         self.paths, self.cache_dir, self.preprocess = paths, cache_dir, preprocess
-        self.views, self.max_pixels = views, max_pixels
+        self.views, self.max_pixels, self.timeout = views, max_pixels, timeout
         self.plain = preprocess.transform()
 
     def __len__(self):
@@ -98,7 +98,8 @@ class _Views(torch.utils.data.Dataset):
             data_hash, stored = _lookup(self.cache_dir, self.paths[i])
             if stored is not None and len(stored) >= self.views:
                 return i, data_hash, stored[:self.views], None, None
-            loaded = read_image(self.paths[i], min_side=self.preprocess.min_side, max_pixels=self.max_pixels)
+            loaded = load_for_model(self.paths[i], min_side=self.preprocess.min_side, max_pixels=self.max_pixels,
+                                    timeout=self.timeout)
             have = 0 if stored is None else len(stored)
             seed = int(data_hash[:8], 16)
             tensors = [self.plain(loaded.image) if v == 0 else augment_transform(self.preprocess, seed + v)(loaded.image)
@@ -134,11 +135,13 @@ class FeatureCache:
             return self.model.features(batch).float().cpu().numpy()
 
     def features(self, paths: Sequence[Path], views: int = 1, *, batch_size: int = 64, workers: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: Callable[[int, int], None] | None = None) -> CachedFeatures:
-        """Features of ``views`` views of each file, computing what the cache lacks."""
+                 max_pixels: int = DEFAULT_MAX_PIXELS, decode_timeout: float = DEFAULT_DECODE_TIMEOUT,
+                 progress: Callable[[int, int], None] | None = None) -> CachedFeatures:
+        """Features of ``views`` views of each file, computing what the cache lacks; a file that
+        cannot be decoded, or takes over ``decode_timeout`` seconds to, is in ``failed``."""
         workers = default_workers() if workers is None else workers
         loader = torch.utils.data.DataLoader(
-            _Views(list(paths), self.dir, self.model.preprocess, views, max_pixels),
+            _Views(list(paths), self.dir, self.model.preprocess, views, max_pixels, decode_timeout),
             batch_size=max(1, batch_size // views), num_workers=workers, collate_fn=_collate,
             prefetch_factor=4 if workers else None)
         out: dict[int, np.ndarray] = {}

@@ -8,8 +8,11 @@ pixels on the short side. Every failure becomes an :class:`ImageLoadError` with 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import signal
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from .errors import ImageLoadError
 from .files import content_hash
 
 DEFAULT_MAX_PIXELS = 150_000_000
+DEFAULT_DECODE_TIMEOUT = 30.0  # seconds one file may take to decode before it is skipped
 _WHITE = (255, 255, 255)
 
 
@@ -45,6 +49,47 @@ def read_image(path: str | Path, *, min_side: int | None = None,
         raise ImageLoadError("empty file")
     image, width, height = decode_image(data, min_side=min_side, max_pixels=max_pixels)
     return LoadedImage(image, width, height, content_hash(data))
+
+
+class _DecodeTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _DecodeTimeout
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Interrupt the enclosed decode after ``seconds`` (SIGALRM; only in a main thread, where
+    decoding workers run; elsewhere no limit applies)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def load_for_model(path: str | Path, *, min_side: int | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   timeout: float | None = DEFAULT_DECODE_TIMEOUT) -> LoadedImage:
+    """The one decode path of every model input (`index`, `train`, `evaluate`, the feature
+    cache, queries): :func:`read_image` within ``timeout`` seconds. Every failure, a hanging
+    decoder or a decoder bug included, is an :class:`ImageLoadError` whose message is the reason
+    the file is reported with."""
+    try:
+        with _time_limit(timeout):
+            return read_image(path, min_side=min_side, max_pixels=max_pixels)
+    except ImageLoadError:
+        raise
+    except _DecodeTimeout:
+        raise ImageLoadError(f"decoding took longer than {timeout:g} s (stuck or hostile file)") from None
+    except Exception as e:  # a decoder bug must not kill the run; report it like a bad file
+        raise ImageLoadError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 
 def decode_image(data: bytes, *, min_side: int | None = None,

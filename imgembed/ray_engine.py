@@ -27,6 +27,7 @@ import numpy as np
 
 from .embed import EmbeddedBatch, FileInfo
 from .errors import EngineError
+from .images import DEFAULT_DECODE_TIMEOUT
 from .model import EmbeddingModel
 
 # Without GPUs, one single-threaded model actor per CPU, and decode tasks beside them, each asking
@@ -128,7 +129,7 @@ class _Embed:
 
 def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, address: str | None = None,
                 batch_size: int = 32, actors: int | None = None, max_pixels: int,
-                decode_timeout: float = 30.0) -> Iterator[EmbeddedBatch]:
+                decode_timeout: float = DEFAULT_DECODE_TIMEOUT) -> Iterator[EmbeddedBatch]:
     """Embed ``paths`` on a Ray cluster, yielding :class:`EmbeddedBatch` es as they finish (in
     any order; positions index ``paths``). ``actors`` model replicas run at once (default: one
     per GPU of the cluster, else one per CPU)."""

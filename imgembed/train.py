@@ -381,17 +381,20 @@ class _FrozenRunner:
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, paths, transform, min_side: int):
+    def __init__(self, paths, transform, min_side: int, timeout: float | None = None):
+        from .images import DEFAULT_DECODE_TIMEOUT
+
         self.paths, self.transform, self.min_side = paths, transform, min_side
+        self.timeout = DEFAULT_DECODE_TIMEOUT if timeout is None else timeout
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from .images import read_image
+        from .images import load_for_model
 
         try:
-            return i, self.transform(read_image(self.paths[i], min_side=self.min_side).image), None
+            return i, self.transform(load_for_model(self.paths[i], min_side=self.min_side, timeout=self.timeout).image), None
         except Exception as e:  # reported, and left out of the batch
             return i, None, str(e)
 

@@ -215,24 +215,48 @@ def test_hostile_files_are_skipped_with_reasons(tmp_path, model):
     assert hits[0]["results"][0]["path"].endswith("name with\nnewline.png")
 
 
-def test_a_stuck_decode_is_skipped(tmp_path, monkeypatch, model):
-    from imgembed import embed as embed_module
+def _hang_on_dolphin(monkeypatch):
+    from imgembed import images
 
-    folder = copy_classes(tmp_path / "p", "fish")
-    real = embed_module.read_image
+    real = images.read_image
 
     def slow_for_dolphin(path, **kw):
         if os.path.basename(path) == "dolphin.png":
             time.sleep(30)
         return real(path, **kw)
 
-    monkeypatch.setattr(embed_module, "read_image", slow_for_dolphin)
+    monkeypatch.setattr(images, "read_image", slow_for_dolphin)
+
+
+def test_a_stuck_decode_is_skipped(tmp_path, monkeypatch, model):
+    folder = copy_classes(tmp_path / "p", "fish")
+    _hang_on_dolphin(monkeypatch)
     started = time.monotonic()
     report = index_folder(folder, tmp_path / "idx", model, workers=0, decode_timeout=1.0)
     assert time.monotonic() - started < 25
     assert [(os.path.basename(p), r) for p, r in report.skipped] == [
         ("dolphin.png", "decoding took longer than 1 s (stuck or hostile file)")]
     assert report.added == 9
+
+
+def test_a_stuck_decode_is_skipped_by_train_and_evaluate_too(tmp_path, monkeypatch, model):
+    """`train` and `evaluate` read images through the feature cache (frozen backbone) or the
+    fine-tuning loader: both decode through the same time-limited path as `index`."""
+    from imgembed.featcache import FeatureCache
+    from imgembed.train import _Images
+
+    folder = copy_classes(tmp_path / "p", "fish")
+    paths = sorted(folder.rglob("*.png"))
+    _hang_on_dolphin(monkeypatch)
+    started = time.monotonic()
+    got = FeatureCache(tmp_path / "cache", model).features(paths, 2, workers=0, decode_timeout=1.0)
+    assert [(paths[i].name, r) for i, r in got.failed] == [
+        ("dolphin.png", "decoding took longer than 1 s (stuck or hostile file)")]
+    assert len(got.ok) == 9
+    loader = _Images(paths, model.preprocess.transform(), model.preprocess.min_side, timeout=1.0)
+    i, tensor, reason = loader[[p.name for p in paths].index("dolphin.png")]
+    assert tensor is None and reason == "decoding took longer than 1 s (stuck or hostile file)"
+    assert time.monotonic() - started < 25
 
 
 def test_vanished_file_and_escaping_paths_and_hostile_checkpoint(tmp_path, model):
