@@ -80,13 +80,12 @@ def _write_page(html_file: str | None, page_html, open_page: bool) -> None:
         if open_page:
             raise click.UsageError("--open needs --html FILE")
         return
-    import os
     import webbrowser
 
-    tmp = f"{html_file}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page_html())
-    os.replace(tmp, html_file)
+    from .files import atomic_path
+
+    with atomic_path(html_file) as tmp:
+        tmp.write_text(page_html(), encoding="utf-8")
     click.echo(f"wrote {html_file}", err=True)
     if open_page and not webbrowser.open(Path(html_file).resolve().as_uri()):
         click.echo("no browser found to open it", err=True)

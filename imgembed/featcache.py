@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,7 +21,7 @@ import torch
 
 from .embed import default_workers
 from .errors import ImageLoadError
-from .files import content_hash
+from .files import atomic_path, content_hash
 from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model
 from .model import EmbeddingModel
 from .precision import autocast
@@ -122,10 +121,8 @@ class FeatureCache:
         """Write a (views, dim) float16 entry atomically (a crash never leaves half a file)."""
         entry = _entry(self.dir, data_hash)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(entry, durable=False) as tmp, open(tmp, "wb") as f:  # a cache: recomputable
             np.save(f, features)
-        os.replace(tmp, entry)
 
     @torch.inference_mode()
     def _forward(self, batch: torch.Tensor) -> np.ndarray:

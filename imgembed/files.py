@@ -1,4 +1,4 @@
-"""Finding image files under a folder and fingerprinting their content.
+"""Finding image files under a folder, fingerprinting their content, and replacing files atomically.
 
 The walk is deterministic (sorted), skips hidden files and folders, follows symlinks to
 directories at most once each (so a symlink loop cannot hang a run) and yields files whose
@@ -7,8 +7,10 @@ extension says they may be images; decoding decides whether they really are.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -58,3 +60,30 @@ def iter_images(root: Path) -> Iterator[Path]:
 def content_hash(data: bytes) -> str:
     """Hex digest identifying a file's bytes (BLAKE2b, 128 bits)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+    """Replace ``path`` all at once: the block writes the yielded temporary path beside it, which
+    is then (``durable``: fsynced, with its folder) renamed over ``path``. A crash leaves the old
+    file or the new one, never half of one; an error in the block leaves the old one and no
+    temporary file. Temporary names are unique per process and thread, so two writers of one
+    path never share one. The one way every file of imgembed is replaced.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -10,7 +10,6 @@ from SQLite; readers refuse such an index with a message naming the file.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import __version__, vectors
 from .errors import IndexCorruptError, IndexNotFoundError, IndexVersionError, ModelMismatchError
+from .files import atomic_path
 from .lock import WriterLock, writer_active
 from .store import ImageRow, MetadataStore, NewImage, Skipped
 
@@ -43,13 +43,8 @@ def _now() -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def read_manifest(directory: Path) -> dict:

@@ -21,6 +21,7 @@ from . import __version__
 from .backbones import (DEFAULT_BACKBONE, build_classifier, default_pooling, default_preprocess, feature_extractor,
                         get_spec, load_tensors_file)
 from .errors import ModelError
+from .files import atomic_path
 from .preprocess import Preprocess
 
 CHECKPOINT_FORMAT = "imgembed-checkpoint"
@@ -223,9 +224,8 @@ def save_checkpoint(model: EmbeddingModel, path: str | Path, *, weights: str, ex
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def load_checkpoint(path: str | Path) -> EmbeddingModel:

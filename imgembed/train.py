@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from .data import LabelledSet, pk_batches, scan_labelled, scan_unlabelled, split
 from .errors import InputError, ModelError
 from .featcache import FeatureCache
+from .files import atomic_path
 from .losses import MINERS, contrastive_loss, triplet_loss
 from .metrics import retrieval_metrics
 from .model import EmbeddingModel, load_model, save_checkpoint
@@ -300,15 +301,14 @@ def _save(runner, config: TrainConfig, data: LabelledSet, out: Path, metrics: di
 
 
 def _save_resume(out, config, runner, optimizer, rng, epoch, best, best_epoch, bad_epochs, history) -> None:
-    path = resume_path(out)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({
+    state = {
         "config": asdict(config), "epoch": epoch, "model_state": runner.trainable_state(),
         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
         "numpy_rng": rng.bit_generator.state, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
         "history": [asdict(h) for h in history],
-    }, tmp)
-    tmp.replace(path)
+    }
+    with atomic_path(resume_path(out)) as tmp:
+        torch.save(state, tmp)
 
 
 def _load_resume(out: Path, config: TrainConfig) -> dict:

@@ -61,6 +61,7 @@ import faiss
 import numpy as np
 
 from .errors import IndexCorruptError, InputError
+from .files import atomic_path
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq", "ondisk")
 ONDISK_MIN_NPROBE = 32
@@ -204,12 +205,8 @@ def stored_ids(index: faiss.Index) -> np.ndarray:
 
 def save(index: faiss.Index, path: Path) -> None:
     """Write atomically: a crash leaves either the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def load(path: Path, params: str = "") -> faiss.Index:

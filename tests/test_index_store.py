@@ -138,3 +138,19 @@ def test_newer_format_and_schema_are_refused(built):
 def test_missing_index_says_how_to_build_one(tmp_path):
     with pytest.raises(IndexNotFoundError, match="imgembed index FOLDER --index"):
         ImageIndex.open(tmp_path / "nothing")
+
+
+def test_atomic_path_replaces_whole_files_or_nothing(tmp_path):
+    from imgembed.files import atomic_path
+
+    target = tmp_path / "manifest.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half of the new")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        tmp.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
