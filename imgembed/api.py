@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from . import knn
-from .errors import ImageLoadError, InputError, NoLabelsError, RemovalRefusedError
+from .errors import ImageLoadError, InputError, ModelMismatchError, NoLabelsError, RemovalRefusedError
 from .files import content_hash, iter_images
 from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model
 from .index import MANIFEST, Hit, ImageIndex, read_manifest
@@ -254,7 +254,7 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
                  prune: bool = True, commit_every: int = 256, index_type: str | None = None,
                  wait: bool = False, decode_timeout: float = DEFAULT_DECODE_TIMEOUT, publish_every_s: float = 60.0,
                  engine: str = "local", ray_address: str | None = None, ray_actors: int | None = None,
-                 allow_removal: bool = False, progress: Progress | None = None) -> IndexReport:
+                 allow_removal: bool = False, precision: str = "auto", progress: Progress | None = None) -> IndexReport:
     """Add ``folder``'s images to the index at ``index_dir``, creating it if needed.
 
     Files whose size and mtime match the stored row are not read again; changed files are
@@ -273,6 +273,10 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     ``index_type`` (auto|flat|hnsw|ivfpq or a FAISS factory string) changes the index's type;
     None keeps it (``auto`` for a new index).
 
+    Without ``model``, an existing index embeds with the model that built it (at ``precision``),
+    loaded only when there is something to embed: a run that finds nothing new or changed never
+    imports torch. A new index gets the default backbone.
+
     ``engine="ray"`` runs decoding and the model on a Ray cluster (``ray_address``, else a local
     one; ``ray_actors`` model replicas; see :mod:`imgembed.ray_engine`); everything else, the
     index written included, is the same as with the local engine.
@@ -287,12 +291,22 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
 
         require()  # fail before any work when Ray is not installed
     root = Path(folder).resolve()
-    model = model or load_model()
+    if model is None and not (Path(index_dir) / MANIFEST).is_file():
+        model = load_model(precision=precision)
     report = IndexReport(index=str(index_dir), root=str(root))
-    with ImageIndex.open_for_write(index_dir, model.identity, model.source, index_type, wait=wait) as idx:
+    identity, source = (model.identity, model.source) if model is not None else (None, None)
+    with ImageIndex.open_for_write(index_dir, identity, source, index_type, wait=wait) as idx:
         plan = _plan(root, idx.store, prune)
         if not allow_removal:
             _check_removals(root, plan)
+        if model is None and plan.todo:  # the index's own model, only now that it is needed
+            own = idx.manifest.get("model_source") or {}
+            if "model" not in own:
+                raise InputError(f"{index_dir}: its manifest does not say how to load its model; pass --model")
+            model = load_model(own["model"], own["weights"], precision, index=index_dir)
+            if model.identity != idx.manifest["model"]:
+                raise ModelMismatchError(f"{index_dir}: the model its manifest names no longer loads as the one that "
+                                         f"built it ({own['model']}); pass --model explicitly")
         idx.store.forget_skipped(str(root), plan.vanished_bad)
         idx.store.drop_tombstones(older_than=time.time() - TOMBSTONE_DAYS * 86400)
         restored = [NewImage(str(root), rel, _label_of(rel), size, mtime, digest, k.width, k.height, k.vector, k.phash)
@@ -325,7 +339,9 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
         try:
             done = 0
             paths = [t[0] for t in plan.todo]
-            if engine == "ray":
+            if not paths:
+                batches = iter(())
+            elif engine == "ray":
                 from .ray_engine import embed_files
 
                 batches = embed_files(model, paths, address=ray_address, batch_size=batch_size, actors=ray_actors,

@@ -150,7 +150,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @_index_option
-@_model_options(DEFAULT_MODEL)
+@_model_options(None)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Decoding processes [default: one per CPU core, at most 4].")
@@ -188,7 +188,12 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
     if engine != "ray" and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors need --engine ray")
 
-    model = _load_model(model_name, weights, precision, index_dir)
+    # Without --model or --weights an existing index keeps its own model, loaded only if
+    # something needs embedding (an unchanged folder never imports torch); a new one gets the
+    # default backbone.
+    model = None
+    if model_name or weights != "imagenet":
+        model = _load_model(model_name or DEFAULT_MODEL, weights, precision, index_dir)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -200,6 +205,7 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
     try:
         report = index_folder(folder, index_dir, model, batch_size=batch_size, workers=workers,
                               max_pixels=_max_pixels(max_pixels), prune=not no_prune, allow_removal=allow_removal,
+                              precision=precision,
                               index_type=index_type,
                               commit_every=commit_every, decode_timeout=decode_timeout, wait=wait,
                               engine=engine, ray_address=ray_address, ray_actors=ray_actors, progress=progress)

@@ -1,5 +1,6 @@
 """End to end: the real `imgembed` command on real images, parsing its --json output."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 from badfiles import EXPECTED, halves, make_bad_folder
-from conftest import QUERIES, SAMPLES, run_cli, run_json
+from conftest import QUERIES, ROOT, SAMPLES, run_cli, run_json
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,25 @@ def test_help_does_not_import_torch():
             "print('LOADED' if {'torch', 'faiss', 'numpy'} & set(sys.modules) else 'CLEAN')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("CLEAN")
+
+
+def test_an_unchanged_folder_is_indexed_without_torch_or_a_model(tmp_path):
+    """A cron job or a file watcher re-indexing a folder where nothing changed pays for the walk,
+    not for torch and a model; a changed file loads the index's own model (a checkpoint here
+    would be found the same way, from the manifest)."""
+    folder = tmp_path / "photos"
+    shutil.copytree(SAMPLES / "fruit", folder)
+    index = tmp_path / "idx"
+    run_cli("index", folder, "--index", index, "-q")
+    probe = ("import sys; from imgembed.cli import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "print('torch loaded' if 'torch' in sys.modules else 'no torch')")
+    out = subprocess.run([sys.executable, "-c", probe, "index", str(folder), "--index", str(index), "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300, check=True).stdout
+    report, verdict = json.loads(out[:out.rindex("}") + 1]), out.strip().splitlines()[-1]
+    assert (report["unchanged"], report["added"], verdict) == (10, 0, "no torch")
+    shutil.copy(SAMPLES / "fish" / "dolphin.png", folder / "dolphin.png")
+    out = subprocess.run([sys.executable, "-c", probe, "index", str(folder), "--index", str(index), "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300, check=True).stdout
+    report, verdict = json.loads(out[:out.rindex("}") + 1]), out.strip().splitlines()[-1]
+    assert (report["added"], verdict) == (1, "torch loaded")
