@@ -25,7 +25,7 @@ from .errors import ImageLoadError, InputError, ModelMismatchError, NoLabelsErro
 from .files import content_hash, iter_images
 from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model
 from .index import MANIFEST, Hit, ImageIndex, read_manifest
-from .store import TOMBSTONE_DAYS, Known, NewImage, Skipped, from_db
+from .store import Known, NewImage, Skipped, from_db
 
 if TYPE_CHECKING:
     from .model import EmbeddingModel
@@ -308,7 +308,7 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
                 raise ModelMismatchError(f"{index_dir}: the model its manifest names no longer loads as the one that "
                                          f"built it ({own['model']}); pass --model explicitly")
         idx.store.forget_skipped(str(root), plan.vanished_bad)
-        idx.store.drop_tombstones(older_than=time.time() - TOMBSTONE_DAYS * 86400)
+        idx.store.drop_tombstones(expired_only=True)
         restored = [NewImage(str(root), rel, _label_of(rel), size, mtime, digest, k.width, k.height, k.vector, k.phash)
                     for _, rel, size, mtime, digest, k in plan.restores]
         replaced = [plan.replaces.pop(r.path) for r in restored if r.path in plan.replaces]

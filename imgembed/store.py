@@ -66,6 +66,11 @@ _TOMBSTONES = (
 TOMBSTONE_DAYS = 30
 
 
+def _tombstone_cutoff() -> float:
+    """Tombstones removed before this time (a time.time()) have expired."""
+    return time.time() - TOMBSTONE_DAYS * 86400
+
+
 @dataclass(frozen=True)
 class ImageRow:
     id: int
@@ -240,7 +245,7 @@ class MetadataStore:
         if self.has_tombstones:
             r = self.db.execute("SELECT rowid, width, height, phash, vector FROM removed WHERE hash = ? AND bytes = ?"
                                 " AND removed_at >= ? ORDER BY removed_at DESC LIMIT 1",
-                                (digest, size, time.time() - TOMBSTONE_DAYS * 86400)).fetchone()
+                                (digest, size, _tombstone_cutoff())).fetchone()
             if r:
                 return Known(r[0], r[1], r[2], r[3], np.frombuffer(r[4], dtype="<f4").astype(np.float32))
         phash = "phash" if self.has_phash else "NULL"
@@ -251,14 +256,14 @@ class MetadataStore:
     def tombstones(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM removed").fetchone()[0] if self.has_tombstones else 0
 
-    def drop_tombstones(self, older_than: float | None = None) -> int:
-        """Forget tombstones removed before ``older_than`` (a time.time()), or all; return how many."""
+    def drop_tombstones(self, *, expired_only: bool = False) -> int:
+        """Forget all tombstones, or those older than TOMBSTONE_DAYS; return how many."""
         if not self.has_tombstones:
             return 0
         with self.db:
-            if older_than is None:
+            if not expired_only:
                 return self.db.execute("DELETE FROM removed").rowcount
-            return self.db.execute("DELETE FROM removed WHERE removed_at < ?", (older_than,)).rowcount
+            return self.db.execute("DELETE FROM removed WHERE removed_at < ?", (_tombstone_cutoff(),)).rowcount
 
     def skipped(self, root: str | None = None) -> list[Skipped]:
         if root is None:
