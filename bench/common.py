@@ -28,3 +28,21 @@ def ensure_debian_package(package: str, marker: Path) -> None:
         sys.exit(f"apt-get not found: install {package} (it provides {marker})")
     subprocess.run(["apt-get", "update", "-qq"], check=True)
     subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
+
+
+# A child's peak RSS starts from its parent's at fork: a launcher this small, started afresh,
+# reports its own child's peak without the (torch-sized) benchmark process in it.
+_LAUNCH = ("import resource, subprocess, sys\n"
+           "code = subprocess.run(sys.argv[1:], stdout=sys.stdout).returncode\n"
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+           "sys.exit(code)")
+
+
+def run_measured(args: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """Run a command as a new process: (wall seconds, peak RSS in MB, stdout). Exits on failure."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *args], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return wall, int(proc.stderr.strip().splitlines()[-1]) / 1024, proc.stdout

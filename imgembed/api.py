@@ -23,12 +23,13 @@ from PIL import Image
 from . import knn
 from .errors import ImageLoadError, InputError, ModelMismatchError, NoLabelsError, RemovalRefusedError
 from .files import content_hash, iter_images
-from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model
+from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model, to_rgb
 from .index import MANIFEST, Hit, ImageIndex, read_manifest
 from .store import Known, NewImage, Skipped, from_db
 
 if TYPE_CHECKING:
     from .model import EmbeddingModel
+    from .runtime import OnnxModel
 
 # torch is imported only by the functions that run a model, so that `info` and the storage
 # layer start fast.
@@ -43,38 +44,74 @@ Query = str | Path | Image.Image
 
 
 def load_model(name_or_checkpoint: str = "efficientnet_lite0", weights: str = "imagenet",
-               precision: str = "auto", *, index: str | Path | None = None) -> "EmbeddingModel":
-    """A registry backbone (default: offline EfficientNet-Lite0) or a ``.pt`` checkpoint.
+               precision: str = "auto", *, index: str | Path | None = None,
+               runtime: str = "auto") -> "EmbeddingModel | OnnxModel":
+    """A registry backbone (default: offline EfficientNet-Lite0) or a ``.pt`` checkpoint, ready
+    to embed.
 
-    ``precision="auto"`` runs bf16 where the hardware does so natively, fp32 elsewhere. With
-    ``index``, an existing index built by the same backbone lends its preprocessing and pooling,
-    so that an index built before today's defaults keeps embedding its images the old way.
+    ``runtime="auto"`` runs it under ONNX Runtime where that is installed (exported once per
+    model and cached; a cached model loads without importing torch), else under torch; see
+    :mod:`imgembed.runtime`. Under torch, ``precision="auto"`` runs bf16 where the hardware does
+    so natively, fp32 elsewhere. With ``index``, an existing index built by the same backbone
+    lends its preprocessing and pooling, so that an index built before today's defaults keeps
+    embedding its images the old way.
     """
-    from .model import load_model as _load
+    from . import runtime as rt
 
     like = None
     if index is not None and (Path(index) / MANIFEST).is_file():
         like = read_manifest(Path(index)).get("model")
-    return _load(name_or_checkpoint, weights, precision, like=like)
+    engine = rt.choose(runtime, precision)
+    if engine == "onnx":
+        key = rt.source_key(name_or_checkpoint, weights, like)
+        found = rt.cached_source(key)
+        if found is not None:
+            return found
+    from .model import load_model as _load
+
+    model = _load(name_or_checkpoint, weights, "fp32" if engine == "onnx" else precision, like=like)
+    if engine == "onnx":
+        return rt.export(model, key) or model.set_precision(precision)
+    return model
 
 
-def embed(model: "EmbeddingModel", items: Sequence[Query], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def embed(model: "EmbeddingModel | OnnxModel", items: Sequence[Query], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+          batch_size: int = 32) -> np.ndarray:
     """Embed image paths or PIL images to an (n, dim) float32 array of unit vectors.
 
     A path that cannot be decoded raises :class:`ImageLoadError` naming the file.
     """
-    from .embed import embed_images
-
-    images = []
+    arrays = []
     for item in items:
         if isinstance(item, Image.Image):
-            images.append(item)
-            continue
-        try:
-            images.append(load_for_model(item, min_side=model.preprocess.min_side, max_pixels=max_pixels).image)
-        except ImageLoadError as e:
-            raise ImageLoadError(f"{item}: {e}") from None
-    return embed_images(model, images)
+            image = to_rgb(item)
+        else:
+            try:
+                image = load_for_model(item, min_side=model.preprocess.min_side, max_pixels=max_pixels).image
+            except ImageLoadError as e:
+                raise ImageLoadError(f"{item}: {e}") from None
+        arrays.append(model.preprocess.to_array(image))
+    chunks = [model.embed_array(np.stack(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
+
+
+def _own_model(index_dir: str | Path, manifest: dict, precision: str, runtime: str) -> "EmbeddingModel | OnnxModel":
+    """The model that built an index: its cached ONNX export when there is one (no torch), else
+    loaded the way its manifest says."""
+    from . import runtime as rt
+
+    if rt.choose(runtime, precision) == "onnx":
+        found = rt.cached(manifest["model"])
+        if found is not None:
+            return found
+    own = manifest.get("model_source") or {}
+    if "model" not in own:
+        raise InputError(f"{index_dir}: its manifest does not say how to load its model; pass --model")
+    model = load_model(own["model"], own["weights"], precision, index=index_dir, runtime=runtime)
+    if model.identity != manifest["model"]:
+        raise ModelMismatchError(f"{index_dir}: the model its manifest names no longer loads as the one that "
+                                 f"built it ({own['model']}); pass --model explicitly")
+    return model
 
 
 # -- indexing --------------------------------------------------------------------------------
@@ -252,9 +289,11 @@ def _restore_by_hash(plan: _Plan, store) -> None:
 def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingModel | None" = None, *,
                  batch_size: int = 32, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  prune: bool = True, commit_every: int = 256, index_type: str | None = None,
+                 target_recall: float | None = None,
                  wait: bool = False, decode_timeout: float = DEFAULT_DECODE_TIMEOUT, publish_every_s: float = 60.0,
                  engine: str = "local", ray_address: str | None = None, ray_actors: int | None = None,
-                 allow_removal: bool = False, precision: str = "auto", progress: Progress | None = None) -> IndexReport:
+                 allow_removal: bool = False, precision: str = "auto", runtime: str = "auto",
+                 progress: Progress | None = None) -> IndexReport:
     """Add ``folder``'s images to the index at ``index_dir``, creating it if needed.
 
     Files whose size and mtime match the stored row are not read again; changed files are
@@ -271,15 +310,18 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     ``decode_timeout`` seconds is abandoned and the file skipped. Only one process writes to an
     index at a time: :class:`IndexLockedError` names the holder, unless ``wait``.
     ``index_type`` (auto|flat|hnsw|ivfpq or a FAISS factory string) changes the index's type;
-    None keeps it (``auto`` for a new index).
+    None keeps it (``auto`` for a new index). An approximate index measures its Recall@10 on its
+    own vectors and tunes its search parameters to ``target_recall`` (None keeps the index's own,
+    0.95 for a new index; see :mod:`imgembed.recall`).
 
-    Without ``model``, an existing index embeds with the model that built it (at ``precision``),
-    loaded only when there is something to embed: a run that finds nothing new or changed never
-    imports torch. A new index gets the default backbone.
+    Without ``model``, an existing index embeds with the model that built it (under ``runtime``
+    and ``precision``, as :func:`load_model`), loaded only when there is something to embed: a
+    run that finds nothing new or changed never imports torch. A new index gets the default
+    backbone.
 
     ``engine="ray"`` runs decoding and the model on a Ray cluster (``ray_address``, else a local
     one; ``ray_actors`` model replicas; see :mod:`imgembed.ray_engine`); everything else, the
-    index written included, is the same as with the local engine.
+    index written included, is the same as with the local engine; its model actors run torch.
     """
     started = time.perf_counter()
     if engine not in ENGINES:
@@ -291,22 +333,21 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
 
         require()  # fail before any work when Ray is not installed
     root = Path(folder).resolve()
+    if engine == "ray":
+        runtime = "torch"
+        if model is not None and model.runtime != "torch":
+            model = load_model(model.source["model"], model.source["weights"], precision, runtime="torch")
     if model is None and not (Path(index_dir) / MANIFEST).is_file():
-        model = load_model(precision=precision)
+        model = load_model(precision=precision, runtime=runtime)
     report = IndexReport(index=str(index_dir), root=str(root))
     identity, source = (model.identity, model.source) if model is not None else (None, None)
-    with ImageIndex.open_for_write(index_dir, identity, source, index_type, wait=wait) as idx:
+    with ImageIndex.open_for_write(index_dir, identity, source, index_type, wait=wait,
+                                   target_recall=target_recall) as idx:
         plan = _plan(root, idx.store, prune)
         if not allow_removal:
             _check_removals(root, plan)
         if model is None and plan.todo:  # the index's own model, only now that it is needed
-            own = idx.manifest.get("model_source") or {}
-            if "model" not in own:
-                raise InputError(f"{index_dir}: its manifest does not say how to load its model; pass --model")
-            model = load_model(own["model"], own["weights"], precision, index=index_dir)
-            if model.identity != idx.manifest["model"]:
-                raise ModelMismatchError(f"{index_dir}: the model its manifest names no longer loads as the one that "
-                                         f"built it ({own['model']}); pass --model explicitly")
+            model = _own_model(index_dir, idx.manifest, precision, runtime)
         idx.store.forget_skipped(str(root), plan.vanished_bad)
         idx.store.drop_tombstones(expired_only=True)
         restored = [NewImage(str(root), rel, _label_of(rel), size, mtime, digest, k.width, k.height, k.vector, k.phash)
@@ -418,11 +459,10 @@ class Searcher:
     must be the one that built the index (:class:`ModelMismatchError` otherwise).
     """
 
-    def __init__(self, index_dir: str | Path, model: "EmbeddingModel | None" = None,
-                 *, max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto"):
+    def __init__(self, index_dir: str | Path, model: "EmbeddingModel | OnnxModel | None" = None,
+                 *, max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto", runtime: str = "auto"):
         if model is None:
-            source = read_manifest(Path(index_dir))["model_source"]
-            model = load_model(source["model"], source["weights"], precision, index=index_dir)
+            model = _own_model(index_dir, read_manifest(Path(index_dir)), precision, runtime)
         self.model = model
         self.index = ImageIndex.open(index_dir, model.identity)
         self.max_pixels = max_pixels
@@ -454,7 +494,7 @@ class Searcher:
         return out
 
 
-def compare(model: "EmbeddingModel", a: Query, b: Query, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> float:
+def compare(model: "EmbeddingModel | OnnxModel", a: Query, b: Query, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> float:
     """Cosine similarity of two images' embeddings, in [-1, 1]."""
     va, vb = embed(model, [a, b], max_pixels=max_pixels)
     return float(np.dot(va, vb))
@@ -576,15 +616,18 @@ def check_index(index_dir: str | Path, *, repair: bool = False, wait: bool = Fal
     return {"index": str(index_dir), "images": images, "problems": problems, "repaired": repaired}
 
 
-def rebuild_index(index_dir: str | Path, index_type: str | None = None, *, wait: bool = False) -> dict:
-    """Rebuild the FAISS file from the stored vectors, optionally as another index type.
+def rebuild_index(index_dir: str | Path, index_type: str | None = None, *, target_recall: float | None = None,
+                  wait: bool = False) -> dict:
+    """Rebuild the FAISS file from the stored vectors, optionally as another index type (an
+    approximate one tuned to ``target_recall``, see :mod:`imgembed.recall`).
 
-    Returns the new ``manifest["faiss"]`` entry. Needs no model.
+    Returns the new ``manifest["faiss"]`` entry, with the ``recall`` check where there is one.
+    Needs no model.
     """
-    with ImageIndex.open_for_write(index_dir, None, wait=wait) as idx:
-        spec = idx.rebuild(index_type)
+    with ImageIndex.open_for_write(index_dir, None, wait=wait, target_recall=target_recall) as idx:
+        idx.rebuild(index_type)
         idx.save()
-        return spec.to_dict()
+        return {**idx.manifest["faiss"], "recall": idx.manifest.get("recall")}
 
 
 def index_info(index_dir: str | Path) -> dict:

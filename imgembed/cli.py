@@ -51,10 +51,18 @@ def _index_option(f):
                         help="Index directory (env: IMGEMBED_INDEX).")(f)
 
 
+_precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+    help="Torch inference precision; auto = bf16 where the CPU/GPU runs it natively (ONNX Runtime runs fp32).")
+_runtime_option = click.option(
+    "--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+    help="Inference engine; auto = ONNX Runtime where installed (model exported once and cached), else torch.")
+
+
 def _model_options(default_model: str | None):
     def deco(f):
-        f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-                         help="Inference precision; auto = bf16 where the CPU/GPU runs it natively.")(f)
+        f = _runtime_option(f)
+        f = _precision_option(f)
         f = click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
                          help="Backbone weights: ImageNet, random init, or a local state-dict file.")(f)
         return click.option("--model", "model_name", default=default_model, show_default=default_model is not None,
@@ -64,6 +72,10 @@ def _model_options(default_model: str | None):
     return deco
 
 
+_target_recall_option = click.option(
+    "--target-recall", type=click.FloatRange(0.5, 1.0), default=None,
+    help="Recall@10 an approximate index is tuned to reach, measured on its own vectors "
+         "[default: the index's own; 0.95 for a new index].")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
 _wait_option = click.option("--wait", is_flag=True, help="If another process is writing this index, wait for it.")
 
@@ -72,6 +84,12 @@ def _html_options(f):
     f = click.option("--open", "open_page", is_flag=True, help="Open the --html page in the default browser.")(f)
     return click.option("--html", "html_file", type=click.Path(dir_okay=False),
                         help="Also write a self-contained HTML page of the results (thumbnails embedded).")(f)
+
+
+def _gallery():
+    from . import gallery  # only when a page is asked for: it is a tenth of a cold query's imports
+
+    return gallery
 
 
 def _write_page(html_file: str | None, page_html, open_page: bool) -> None:
@@ -101,18 +119,19 @@ def _max_pixels(value):
     return value or DEFAULT_MAX_PIXELS
 
 
-def _load_model(name: str, weights: str, precision: str, index_dir: str | None = None):
+def _load_model(name: str, weights: str, precision: str, index_dir: str | None = None, runtime: str = "auto"):
     from .api import load_model
 
-    return load_model(name, weights, precision, index=index_dir)
+    return load_model(name, weights, precision, index=index_dir, runtime=runtime)
 
 
-def _searcher(index_dir: str, model_name: str | None, weights: str, precision: str, max_pixels: int | None):
+def _searcher(index_dir: str, model_name: str | None, weights: str, precision: str, runtime: str,
+              max_pixels: int | None):
     """The index's own model, or ``--model`` checked against it."""
     from .api import Searcher
 
-    model = _load_model(model_name, weights, precision, index_dir) if model_name else None
-    searcher = Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels), precision=precision)
+    model = _load_model(model_name, weights, precision, index_dir, runtime) if model_name else None
+    searcher = Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels), precision=precision, runtime=runtime)
     _warn_problem(searcher.index.problem, index_dir)
     return searcher
 
@@ -161,6 +180,7 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "(refused by default: an unmounted drive looks like an empty folder).")
 @click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|ondisk[:CODE]|FACTORY",
               help="FAISS index type [default: the index's own; auto for a new index].")
+@_target_recall_option
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where decoding and the model run: this process, or a Ray cluster (pip install 'imgembed[ray]').")
 @click.option("--ray-address", metavar="ADDRESS", default=None,
@@ -174,8 +194,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 @_wait_option
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index(folder, index_dir, model_name, weights, precision, batch_size, workers, max_pixels, no_prune, allow_removal,
-          index_type, engine, ray_address, ray_actors, commit_every, decode_timeout, wait, as_json, quiet):
+def index(folder, index_dir, model_name, weights, precision, runtime, batch_size, workers, max_pixels, no_prune, allow_removal,
+          index_type, target_recall, engine, ray_address, ray_actors, commit_every, decode_timeout, wait, as_json,
+          quiet):
     """Embed the images under FOLDER into the index (sub-folder names become labels).
 
     Re-running is cheap: unchanged files are not read again, changed ones are re-embedded,
@@ -193,7 +214,8 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
     # default backbone.
     model = None
     if model_name or weights != "imagenet":
-        model = _load_model(model_name or DEFAULT_MODEL, weights, precision, index_dir)
+        model = _load_model(model_name or DEFAULT_MODEL, weights, precision, index_dir,
+                            "torch" if engine == "ray" else runtime)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -205,8 +227,8 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
     try:
         report = index_folder(folder, index_dir, model, batch_size=batch_size, workers=workers,
                               max_pixels=_max_pixels(max_pixels), prune=not no_prune, allow_removal=allow_removal,
-                              precision=precision,
-                              index_type=index_type,
+                              precision=precision, runtime=runtime, index_type=index_type,
+                              target_recall=target_recall,
                               commit_every=commit_every, decode_timeout=decode_timeout, wait=wait,
                               engine=engine, ray_address=ray_address, ray_actors=ray_actors, progress=progress)
     finally:
@@ -235,13 +257,12 @@ def index(folder, index_dir, model_name, weights, precision, batch_size, workers
 @_max_pixels_option
 @_html_options
 @_json_option
-def search(queries, index_dir, k, model_name, weights, precision, max_pixels, html_file, open_page, as_json):
+def search(queries, index_dir, k, model_name, weights, precision, runtime, max_pixels, html_file, open_page,
+           as_json):
     """Find the indexed images most similar to each QUERY image."""
-    with _searcher(index_dir, model_name, weights, precision, max_pixels) as searcher:
+    with _searcher(index_dir, model_name, weights, precision, runtime, max_pixels) as searcher:
         results = searcher.search(list(queries), k)
-    from .gallery import search_page
-
-    _write_page(html_file, lambda: search_page(results), open_page)
+    _write_page(html_file, lambda: _gallery().search_page(results), open_page)
     if as_json:
         _emit_json([r.to_dict() for r in results])
         return
@@ -263,13 +284,12 @@ def search(queries, index_dir, k, model_name, weights, precision, max_pixels, ht
 @_max_pixels_option
 @_html_options
 @_json_option
-def classify(queries, index_dir, k, model_name, weights, precision, max_pixels, html_file, open_page, as_json):
+def classify(queries, index_dir, k, model_name, weights, precision, runtime, max_pixels, html_file, open_page,
+             as_json):
     """Label each QUERY image by a similarity-weighted vote of its k nearest indexed images."""
-    with _searcher(index_dir, model_name, weights, precision, max_pixels) as searcher:
+    with _searcher(index_dir, model_name, weights, precision, runtime, max_pixels) as searcher:
         results = searcher.classify(list(queries), k)
-    from .gallery import classify_page
-
-    _write_page(html_file, lambda: classify_page(results), open_page)
+    _write_page(html_file, lambda: _gallery().classify_page(results), open_page)
     if as_json:
         _emit_json([r.to_dict() for r in results])
         return
@@ -285,11 +305,12 @@ def classify(queries, index_dir, k, model_name, weights, precision, max_pixels, 
 @_model_options(DEFAULT_MODEL)
 @_max_pixels_option
 @_json_option
-def compare(a, b, model_name, weights, precision, max_pixels, as_json):
+def compare(a, b, model_name, weights, precision, runtime, max_pixels, as_json):
     """Cosine similarity of images A and B (1 = identical embeddings)."""
     from .api import compare as compare_images
 
-    score = compare_images(_load_model(model_name, weights, precision), a, b, max_pixels=_max_pixels(max_pixels))
+    score = compare_images(_load_model(model_name, weights, precision, runtime=runtime), a, b,
+                           max_pixels=_max_pixels(max_pixels))
     if as_json:
         _emit_json({"a": a, "b": b, "score": round(score, 6)})
     else:
@@ -317,6 +338,7 @@ def info(index_dir, as_json):
     f = m["faiss"]
     click.echo(f"vectors:  {f.get('index_type', 'flat')}: FAISS {f['factory']}"
                + (f" ({f['params']})" if f.get("params") else ""))
+    click.echo(f"recall:   {_recall_line(m['recall']) if m.get('recall') else 'exact search (every vector compared)'}")
     click.echo(f"roots:    {', '.join(m.get('roots', [])) or '-'}")
     click.echo(f"updated:  {m.get('updated_at', '-')}")
     click.echo(f"images:   {data['images']}")
@@ -329,6 +351,12 @@ def info(index_dir, as_json):
     click.echo(f"skipped:  {len(data['skipped'])}")
     for s in data["skipped"]:
         click.echo(f"  {s['path']}: {s['reason']}")
+
+
+def _recall_line(check: dict) -> str:
+    from .recall import RecallCheck
+
+    return RecallCheck.from_dict(check).describe()
 
 
 def _default_cache() -> str:
@@ -493,14 +521,12 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
     progress = _stage_bar(quiet)
     try:
         rows, failed = run_evaluation(
-            _load_model(model_name, weights, precision), cache_dir=cache_dir or _default_cache(), data_dir=data_dir,
+            _load_model(model_name, weights, precision, runtime="torch"), cache_dir=cache_dir or _default_cache(), data_dir=data_dir,
             query_dir=query_dir, gallery_dir=gallery_dir, baseline=baseline, knn_k=knn_k, workers=workers,
             progress=lambda d, t: progress("embedding", d, t))
     finally:
         progress.close()
-    from .gallery import evaluation_page
-
-    _write_page(html_file, lambda: evaluation_page(rows), open_page)
+    _write_page(html_file, lambda: _gallery().evaluation_page(rows), open_page)
     if as_json:
         _emit_json({"results": [r.to_dict() for r in rows], "skipped": [{"path": p, "reason": r} for p, r in failed]})
         return
@@ -517,19 +543,22 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
 @_index_option
 @click.option("--index-type", default=None, metavar="auto|flat|hnsw|ivfpq|ondisk[:CODE]|FACTORY",
               help="Rebuild as this type [default: the index's own].")
+@_target_recall_option
 @_wait_option
 @_json_option
-def rebuild(index_dir, index_type, wait, as_json):
+def rebuild(index_dir, index_type, target_recall, wait, as_json):
     """Rebuild the FAISS file from the vectors stored in the index (no images are read)."""
     from .api import rebuild_index
 
     started = time.perf_counter()
-    spec = rebuild_index(index_dir, index_type, wait=wait)
+    spec = rebuild_index(index_dir, index_type, target_recall=target_recall, wait=wait)
     if as_json:
         _emit_json(spec)
-    else:
-        click.echo(f"rebuilt {index_dir} as {spec['index_type']}: FAISS {spec['factory']}"
-                   + (f" ({spec['params']})" if spec["params"] else "") + f" in {time.perf_counter() - started:.1f} s")
+        return
+    click.echo(f"rebuilt {index_dir} as {spec['index_type']}: FAISS {spec['factory']}"
+               + (f" ({spec['params']})" if spec["params"] else "") + f" in {time.perf_counter() - started:.1f} s")
+    if spec.get("recall"):
+        click.echo(f"  {_recall_line(spec['recall'])}")
 
 
 @main.command()
@@ -613,9 +642,7 @@ def duplicates(index_dir, score, threshold, k, html_file, open_page, as_json, qu
                                  progress=lambda d, t: progress("searching", d, t))
     finally:
         progress.close()
-    from .gallery import duplicates_page
-
-    _write_page(html_file, lambda: duplicates_page(groups, f"{score} score &ge; {threshold}"), open_page)
+    _write_page(html_file, lambda: _gallery().duplicates_page(groups, f"{score} score &ge; {threshold}"), open_page)
     if as_json:
         _emit_json([g.to_dict() for g in groups])
         return
@@ -631,8 +658,9 @@ def duplicates(index_dir, score, threshold, k, html_file, open_page, as_json, qu
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it to the network).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 @click.option("--max-upload-mb", type=click.IntRange(1, 1024), default=25, show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
-def serve(index_dir, host, port, max_upload_mb, precision):
+@_precision_option
+@_runtime_option
+def serve(index_dir, host, port, max_upload_mb, precision, runtime):
     """A local web page (drop an image, see similar ones) and JSON API over the index."""
     try:
         from .server import create_app
@@ -640,7 +668,7 @@ def serve(index_dir, host, port, max_upload_mb, precision):
         raise click.ClickException(f"serve needs Flask ({e.name} missing): pip install 'imgembed[serve]'") from None
     from .api import Searcher
 
-    searcher = Searcher(index_dir, precision=precision)
+    searcher = Searcher(index_dir, precision=precision, runtime=runtime)
     _warn_problem(searcher.index.problem, index_dir)
     app = create_app(searcher, max_upload_bytes=max_upload_mb * 1024 * 1024)
     click.echo(f"serving {index_dir} ({len(searcher.index)} images) at http://{host}:{port}/  (Ctrl-C stops)", err=True)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .errors import ImageLoadError
-from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model, perceptual_hash, to_rgb
+from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model, perceptual_hash
 from .model import EmbeddingModel
 from .precision import autocast
+
+if TYPE_CHECKING:
+    from .runtime import OnnxModel
 
 
 def default_workers() -> int:
@@ -58,8 +60,9 @@ class _Files(torch.utils.data.Dataset):
 
 
 def decode(path: Path, transform, min_side: int, max_pixels: int, timeout: float
-           ) -> tuple[torch.Tensor | None, FileInfo | None, str | None]:
-    """``(tensor, info, None)`` for a decodable image, ``(None, None, reason)`` otherwise.
+           ) -> tuple[np.ndarray | None, FileInfo | None, str | None]:
+    """``(array, info, None)`` for a decodable image, ``(None, None, reason)`` otherwise;
+    ``transform`` is a :meth:`Preprocess.to_array`.
 
     Both engines decode through here, so a bad file is reported with the same reason by each.
     """
@@ -88,14 +91,14 @@ def embed_tensor(model: EmbeddingModel, batch: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(out.float(), dim=1).cpu().numpy()
 
 
-def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, batch_size: int = 32,
+def embed_files(model: "EmbeddingModel | OnnxModel", paths: Sequence[Path], *, batch_size: int = 32,
                 workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                 decode_timeout: float = DEFAULT_DECODE_TIMEOUT) -> Iterator[EmbeddedBatch]:
     """Embed ``paths`` in order, yielding one :class:`EmbeddedBatch` per ``batch_size`` files."""
     if not paths:
         return
     workers = default_workers() if workers is None else workers
-    dataset = _Files(paths, model.preprocess.transform(), model.preprocess.min_side, max_pixels, decode_timeout)
+    dataset = _Files(paths, model.preprocess.to_array, model.preprocess.min_side, max_pixels, decode_timeout)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
         prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -109,16 +112,6 @@ def embed_files(model: EmbeddingModel, paths: Sequence[Path], *, batch_size: int
                 tensors.append(tensor)
             else:
                 out.failed.append((i, error))
-        out.vectors = (embed_tensor(model, torch.stack(tensors)) if tensors
+        out.vectors = (model.embed_array(np.stack(tensors)) if tensors
                        else np.zeros((0, model.dim), np.float32))
         yield out
-
-
-def embed_images(model: EmbeddingModel, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-    """Embed in-memory PIL images (any mode) to an (n, dim) float32 array."""
-    transform = model.preprocess.transform()
-    chunks = [np.zeros((0, model.dim), np.float32)]
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(to_rgb(im)) for im in images[start:start + batch_size]])
-        chunks.append(embed_tensor(model, batch))
-    return np.concatenate(chunks)

@@ -56,3 +56,7 @@ class RemovalRefusedError(ImgembedError):
 
 class EngineError(ImgembedError):
     """The distributed embedding engine is not installed, cannot be reached, or failed."""
+
+
+class RuntimeUnavailableError(ModelError):
+    """The inference runtime asked for (ONNX Runtime) is not installed."""

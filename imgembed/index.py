@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, vectors
+from . import __version__, recall, vectors
 from .errors import IndexCorruptError, IndexNotFoundError, IndexVersionError, ModelMismatchError
 from .files import atomic_path
 from .lock import WriterLock, writer_active
-from .store import ImageRow, MetadataStore, NewImage, Skipped
+from .store import ImageRow, MetadataStore, NewImage, Skipped, id_summary
 
 FORMAT = "imgembed-index"
 FORMAT_VERSION = 1
@@ -88,6 +88,7 @@ class ImageIndex:
         # vectors it adds in RAM, with the same quantizer and codec, and save() merges them into
         # a new .ivfdata generation without re-training or re-encoding the published ones.
         self._added = None
+        self._rebuilt = False  # since opening: the next save() checks recall again
 
     # -- opening -------------------------------------------------------------------------
 
@@ -108,7 +109,8 @@ class ImageIndex:
         store = MetadataStore(directory / DATABASE)
         added, excess = None, 0
         try:
-            faiss_index = vectors.load(directory / FAISS_FILE, _spec(manifest).params)
+            spec = _spec(manifest)
+            faiss_index = vectors.load(directory / FAISS_FILE, spec.params, mapped=not vectors.is_ondisk_type(spec.index_type))
             problem = _consistency_problem(manifest, store, faiss_index)
             if problem and not writer_active(directory):
                 problem = f"{directory / FAISS_FILE}: {problem}"
@@ -127,12 +129,15 @@ class ImageIndex:
 
     @classmethod
     def open_for_write(cls, directory: str | Path, model_identity: dict | None, model_source: dict | None = None,
-                       index_type: str | None = None, *, wait: bool = False) -> "ImageIndex":
+                       index_type: str | None = None, *, wait: bool = False,
+                       target_recall: float | None = None) -> "ImageIndex":
         """Open or create, holding the writer lock (:class:`IndexLockedError` if another process
         holds it, unless ``wait``). A missing or out-of-step FAISS file is rebuilt from SQLite.
 
         ``index_type`` (see :mod:`imgembed.vectors`) applies from the next :meth:`save`; None
-        keeps the index's own (``auto`` for a new one).
+        keeps the index's own (``auto`` for a new one). So does ``target_recall``, the Recall@10
+        an approximate index is tuned to reach (see :mod:`imgembed.recall`; None keeps the
+        index's own, 0.95 for a new one).
         """
         directory = Path(directory)
         if model_identity is None and not (directory / MANIFEST).exists():
@@ -140,10 +145,23 @@ class ImageIndex:
                                      f"build one with: imgembed index FOLDER --index {directory}")
         lock = WriterLock(directory).acquire(wait)
         try:
-            return cls._open_locked(directory, model_identity, model_source, index_type, lock)
+            index = cls._open_locked(directory, model_identity, model_source, index_type, lock)
         except BaseException:
             lock.release()
             raise
+        if target_recall is not None and target_recall != index.target_recall:
+            index.manifest["target_recall"] = target_recall
+            index.manifest.pop("recall", None)  # measured for another target: measure again
+        return index
+
+    @property
+    def target_recall(self) -> float:
+        return float(self.manifest.get("target_recall", recall.DEFAULT_TARGET))
+
+    @property
+    def recall_check(self) -> recall.RecallCheck | None:
+        """The last Recall@10 measurement of an approximate index (None for an exact one)."""
+        return recall.RecallCheck.from_dict(self.manifest.get("recall"))
 
     @classmethod
     def _open_locked(cls, directory: Path, model_identity, model_source, index_type, lock) -> "ImageIndex":
@@ -261,7 +279,7 @@ class ImageIndex:
         spec = vectors.choose(index_type or _spec(self.manifest).index_type, self.store.count(), self.dim)
         self.manifest["faiss"] = spec.to_dict()
         self.faiss = _rebuild(self.manifest, self.store, self.directory / FAISS_FILE)
-        self._stale, self._added = 0, None
+        self._stale, self._added, self._rebuilt = 0, None, True
         return spec
 
     def save(self) -> None:
@@ -284,6 +302,7 @@ class ImageIndex:
         if not vectors.is_ondisk(self.faiss):
             vectors.save(self.faiss, path)
             vectors.remove_stale_generations(path)  # left by an ondisk index this one replaced
+        self._check_recall()
         labels = self.store.labels()
         self.manifest.update({
             "updated_at": _now(), "imgembed_version": __version__,
@@ -292,6 +311,33 @@ class ImageIndex:
             "roots": self.store.roots(),
         })
         write_json_atomic(self.directory / MANIFEST, self.manifest)
+
+
+    def _check_recall(self) -> None:
+        """Measure an approximate index's Recall@10 on its own vectors and tune its search
+        parameters to the target (:func:`recall.tune`), when it was rebuilt, has doubled in size
+        or the target changed since it was last measured; an exact index has no recall to check."""
+        spec, n = _spec(self.manifest), len(self)
+        if not recall.tunable(spec.factory) or n <= recall.K + 1:
+            self.manifest.pop("recall", None)
+            return
+        last = self.recall_check
+        if last is not None and not self._rebuilt and last.target == self.target_recall and 2 * last.n > n:
+            return
+        if self._added is not None:  # lists added in RAM since opening: measured once merged
+            return
+        ids = self.store.ids()
+        sample = np.sort(np.random.default_rng(0).choice(ids, min(recall.SAMPLE, len(ids)), replace=False))
+        stored = self.store.vectors_by_id(sample)
+        queries = recall.fresh_queries(self.faiss, np.stack([stored[int(i)] for i in sample]))
+        none = np.full(len(queries), -1, np.int64)
+        truth, exact_ms = recall.exact_neighbours(queries, none, self.store.iter_vectors())
+        ondisk = vectors.is_ondisk(self.faiss)
+        check = recall.tune(self.faiss, spec.factory, queries, none, truth, exact_ms, n, target=self.target_recall,
+                            depth=max(RERANK * recall.K, RERANK_MIN) if ondisk else recall.K)
+        self.manifest["faiss"] = {**self.manifest["faiss"], "params": check.params}
+        self.manifest["recall"] = check.to_dict()
+        self._rebuilt = False
 
 
 def _check_model(directory: Path, manifest: dict, identity: dict | None) -> None:
@@ -308,7 +354,7 @@ def _consistency_problem(manifest: dict, store: MetadataStore, faiss_index) -> s
     n_rows = store.count()
     if faiss_index.ntotal != n_rows:
         return f"holds {faiss_index.ntotal} vectors but {store.path.name} has {n_rows} images"
-    if not np.array_equal(np.sort(vectors.stored_ids(faiss_index)), store.ids()):
+    if id_summary(vectors.stored_ids(faiss_index)) != store.id_summary():
         return f"vector ids do not match the rows of {store.path.name}"
     return None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -159,6 +160,15 @@ class EmbeddingModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.features(x)), dim=1)
+
+    runtime = "torch"
+
+    def embed_array(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, crop, crop) float32 preprocessed batch -> (N, dim) float32 unit vectors, as
+        :class:`~imgembed.runtime.OnnxModel` does."""
+        from .embed import embed_tensor
+
+        return embed_tensor(self, torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
 
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 FITS = ("crop", "whole", "pad")
 
 
@@ -63,6 +65,45 @@ class Preprocess:
             geometry = [_PadToSquare(self.crop, self.mean, mode)]
         return T.Compose([*geometry, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
+    def to_array(self, image) -> np.ndarray:
+        """The values of :meth:`transform` as a (3, crop, crop) float32 array, with PIL and numpy
+        alone: the inference path runs without torch. Same geometry, rounding and order of
+        operations as torchvision on a PIL image, so the two agree bit for bit (tested)."""
+        from PIL import Image
+
+        resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
+        w, h = image.size
+        if self.fit == "crop":
+            short, long = min(w, h), max(w, h)
+            scaled = (self.resize, int(self.resize * long / short))  # torchvision's rounding (down)
+            size = scaled if w <= h else scaled[::-1]
+            if size != (w, h):
+                image = image.resize(size, resample)
+            if min(size) < self.crop:
+                image = _pad_centred(image, self.crop, (0, 0, 0))
+                size = image.size
+            left, top = int(round((size[0] - self.crop) / 2.0)), int(round((size[1] - self.crop) / 2.0))
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+        elif self.fit == "whole":
+            if (w, h) != (self.crop, self.crop):
+                image = image.resize((self.crop, self.crop), resample)
+        else:
+            image = _PadToSquare(self.crop, self.mean, resample)(image)
+        x = np.asarray(image, dtype=np.uint8).astype(np.float32).transpose(2, 0, 1) / np.float32(255)
+        mean = np.asarray(self.mean, np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(3, 1, 1)
+        return np.ascontiguousarray((x - mean) / std)
+
+
+def _pad_centred(image, side: int, fill):
+    """torchvision's CenterCrop of an image smaller than the crop: pad it with ``fill`` first."""
+    from PIL import Image
+
+    w, h = image.size
+    canvas = Image.new("RGB", (max(w, side), max(h, side)), fill)
+    canvas.paste(image, ((max(w, side) - w) // 2, (max(h, side) - h) // 2))
+    return canvas
+
 
 class _PadToSquare:
     """Resize the long side to ``size`` and centre the image on a ``size x size`` canvas of the
@@ -73,12 +114,22 @@ class _PadToSquare:
 
     def __call__(self, image):
         from PIL import Image
-        from torchvision.transforms import functional as TF
 
         w, h = image.size
         scale = self.size / max(w, h)
         w2, h2 = max(1, round(w * scale)), max(1, round(h * scale))
-        image = TF.resize(image, [h2, w2], interpolation=self.mode, antialias=True)
+        if (w2, h2) != (w, h):
+            image = image.resize((w2, h2), _pil_mode(self.mode))
         canvas = Image.new("RGB", (self.size, self.size), self.fill)
         canvas.paste(image, ((self.size - w2) // 2, (self.size - h2) // 2))
         return canvas
+
+
+def _pil_mode(mode):
+    """A PIL resampling filter from a torchvision InterpolationMode or a PIL filter."""
+    from PIL import Image
+
+    name = getattr(mode, "value", mode)
+    if not isinstance(name, str):
+        return mode
+    return Image.Resampling.BICUBIC if name == "bicubic" else Image.Resampling.BILINEAR

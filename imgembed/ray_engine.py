@@ -82,14 +82,14 @@ def _decode(batch: dict, preprocess, max_pixels: int, timeout: float) -> dict:
     """Read, decode and preprocess a batch of files (a Ray Data task)."""
     from .embed import decode
 
-    transform, n = preprocess.transform(), len(batch["pos"])
+    transform, n = preprocess.to_array, len(batch["pos"])
     out = {"pos": batch["pos"], "pixels": np.zeros((n, 3, preprocess.crop, preprocess.crop), np.float32),
            "ok": np.zeros(n, bool), "width": np.zeros(n, np.int64), "height": np.zeros(n, np.int64),
            "hash": np.full(n, "", object), "phash": np.zeros(n, np.int64), "error": np.full(n, "", object)}
     for j, raw in enumerate(batch["path"]):
-        tensor, info, error = decode(Path(os.fsdecode(bytes(raw))), transform, preprocess.min_side, max_pixels, timeout)
+        pixels, info, error = decode(Path(os.fsdecode(bytes(raw))), transform, preprocess.min_side, max_pixels, timeout)
         if error is None:
-            out["pixels"][j] = tensor.numpy()
+            out["pixels"][j] = pixels
             out["ok"][j], out["width"][j], out["height"][j], out["hash"][j] = True, info.width, info.height, info.hash
             out["phash"][j] = info.phash
         else:

@@ -152,6 +152,17 @@ def _row(r) -> ImageRow:
     return ImageRow(r[0], from_db(r[1]), from_db(r[2]), from_db(r[3]), *r[4:])
 
 
+_MIX, _PRIME = 2654435761, 1_000_000_007
+
+
+def id_summary(ids: np.ndarray) -> tuple[int, int, int]:
+    """(count, sum, a second sum after multiplicative hashing) of a set of ids: two sets that
+    differ (rows added or removed on one side only) give different summaries, and a reader that
+    opens an index checks its FAISS file against SQLite in milliseconds whatever its size."""
+    ids = np.asarray(ids, np.int64)
+    return len(ids), int(ids.sum()), int(((ids * _MIX) % _PRIME).sum())
+
+
 class MetadataStore:
     """A thin, typed layer over the SQLite file. Use as a context manager or call ``close``."""
 
@@ -222,6 +233,12 @@ class MetadataStore:
         while rows := cur.fetchmany(batch):
             ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
             yield ids, np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32)
+
+    def id_summary(self) -> tuple[int, int, int]:
+        """:func:`id_summary` of the stored ids, computed by SQLite without loading them."""
+        q = (f"SELECT COUNT(*), COALESCE(SUM(id), 0), COALESCE(SUM((id * {_MIX}) % {_PRIME}), 0) FROM images")
+        n, total, mixed = self.db.execute(q).fetchone()
+        return int(n), int(total), int(mixed)
 
     def ids(self) -> np.ndarray:
         return np.fromiter((r[0] for r in self.db.execute("SELECT id FROM images ORDER BY id")), np.int64)

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,24 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
 QUERIES = ROOT / "sample_queries"
 
+# ONNX exports made by the tests (and the CLIs they run) go to a cache of their own.
+os.environ["IMGEMBED_MODEL_CACHE"] = tempfile.mkdtemp(prefix="imgembed-test-models-")
+
 
 @pytest.fixture(scope="session")
 def model():
+    """The default model as users get it: under ONNX Runtime where that is installed."""
     from imgembed.api import load_model
 
-    return load_model()  # precision "auto": bf16 on CPUs that run it natively
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def torch_model():
+    """The default model under torch (precision "auto": bf16 on CPUs that run it natively)."""
+    from imgembed.api import load_model
+
+    return load_model(runtime="torch")
 
 
 @pytest.fixture(scope="session")

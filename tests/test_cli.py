@@ -133,12 +133,13 @@ def test_bad_files_are_skipped_and_named_good_ones_searchable(tmp_path):
     assert {os.path.basename(s["path"]) for s in info["skipped"]} == bad
 
 
-def test_checkpoint_model_is_remembered_by_the_index(tmp_path, model):
+def test_checkpoint_model_is_remembered_by_the_index(tmp_path, torch_model):
     import torch
 
     from imgembed.model import EmbeddingModel, save_checkpoint
 
     torch.manual_seed(0)
+    model = torch_model
     headed = EmbeddingModel(model.backbone_name, model.backbone, model.weights_id, model.preprocess,
                             {"type": "linear", "dim": 64})
     ckpt = tmp_path / "models" / "toy.pt"

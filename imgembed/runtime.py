@@ -1,0 +1,230 @@
+"""Where a model runs: ONNX Runtime for embedding, torch for training, export and as the fallback.
+
+Embedding (``index``, ``search``, ``classify``, ``compare``, ``serve``) runs an ONNX export of
+the model under ONNX Runtime when ``onnxruntime`` is installed: about twice torch's throughput
+on CPU and a process that never imports torch, so a query costs a fraction of a second. A model
+is exported once per identity, the first time it is needed, and cached on disk
+(:func:`cache_dir`). An export is kept only if it reproduces the torch model's vectors on a
+check batch (cosine >= :data:`PARITY_MIN_COSINE`); otherwise the torch model is used.
+
+Both paths take the same preprocessed arrays (:meth:`Preprocess.to_array`) and give the same
+vectors, so an index built by one is searched by the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import __version__
+from .errors import ModelError, RuntimeUnavailableError
+from .files import atomic_path
+from .preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from .model import EmbeddingModel
+
+RUNTIMES = ("auto", "onnx", "torch")
+EXPORT_FORMAT = 1  # part of every cache key: bump it to retire the exports already cached
+OPSET = 17
+PARITY_MIN_COSINE = 0.999
+
+
+def onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def choose(runtime: str = "auto", precision: str = "auto") -> str:
+    """``"onnx"`` or ``"torch"``. ``auto`` takes ONNX Runtime where it is installed, unless bf16
+    was asked for explicitly (ONNX Runtime runs the export in fp32)."""
+    if runtime not in RUNTIMES:
+        raise ModelError(f"runtime must be one of {'|'.join(RUNTIMES)}, not {runtime!r}")
+    if runtime == "onnx" and not onnx_available():
+        raise RuntimeUnavailableError("--runtime onnx needs onnxruntime: pip install onnxruntime "
+                                      "(or use --runtime torch)")
+    if runtime == "auto":
+        return "onnx" if onnx_available() and precision != "bf16" else "torch"
+    return runtime
+
+
+def cache_dir() -> Path:
+    """``$IMGEMBED_MODEL_CACHE``, else ``$XDG_CACHE_HOME/imgembed/models`` (``~/.cache/...``)."""
+    if os.environ.get("IMGEMBED_MODEL_CACHE"):
+        return Path(os.environ["IMGEMBED_MODEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "imgembed" / "models"
+
+
+def _file_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def identity_key(identity: dict) -> str:
+    """The cache key of an export: a model identity says all that decides its vectors."""
+    text = json.dumps({"format": EXPORT_FORMAT, "identity": identity}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def source_key(name_or_checkpoint: str, weights: str, like: dict | None) -> str:
+    """What ``load_model(name_or_checkpoint, weights, like=like)`` is called with, as a key that
+    the cache maps to an identity: files by content (a re-trained checkpoint at the same path is
+    a new model), names with the imgembed version (whose defaults decide preprocessing)."""
+    model, weights_path = Path(name_or_checkpoint), Path(weights)
+    parts = {
+        "format": EXPORT_FORMAT,
+        "imgembed": __version__,
+        "model": _file_digest(model) if model.is_file() else name_or_checkpoint,
+        "weights": _file_digest(weights_path) if weights not in ("imagenet", "none") and weights_path.is_file()
+        else weights,
+        "like": like,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class OnnxModel:
+    """An exported embedding model run by ONNX Runtime on the CPU. It has what inference needs
+    from :class:`~imgembed.model.EmbeddingModel` (``identity``, ``source``, ``preprocess``,
+    ``dim``, :meth:`embed_array`) and nothing of training."""
+
+    runtime = "onnx"
+    precision = "fp32"
+
+    def __init__(self, path: Path, meta: dict):
+        self.path = path
+        self.identity = meta["identity"]
+        self.source = meta["source"]
+        self.preprocess = Preprocess.from_dict(self.identity["preprocess"])
+        self.pooling = self.identity.get("pooling", "avg")
+        self.backbone_name = self.identity["backbone"]
+        self.dim = int(self.identity["dim"])
+        self.session = _session(path)
+
+    def embed_array(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, crop, crop) float32 preprocessed batch -> (N, dim) float32 unit vectors."""
+        out = self.session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def _session(path: Path):
+    """An ONNX Runtime session for ``path``. Graph optimisation is half of a cold query's model
+    load, so the optimised graph is saved beside the export on first use and loaded as is after:
+    it is specific to this CPU and ONNX Runtime version, which its file name records."""
+    import onnxruntime as ort
+
+    def make(source: Path, optimise_to: Path | None = None):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        if optimise_to is None:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        else:
+            options.optimized_model_filepath = str(optimise_to)
+        return ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+    optimised = path.with_suffix(f".{_machine_tag(ort.__version__)}.ort.onnx")
+    if optimised.is_file():
+        try:
+            return make(optimised)
+        except Exception:  # damaged: optimise again below
+            pass
+    try:
+        with atomic_path(optimised, durable=False) as tmp:
+            return make(path, tmp)
+    except Exception:  # a read-only cache, or a damaged export: try once more in memory
+        pass
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime's own error types: a truncated or foreign file
+        raise ModelError(f"{path}: not a loadable ONNX model ({type(e).__name__}); delete it to re-export") from None
+
+
+def _machine_tag(ort_version: str) -> str:
+    """What an optimised graph depends on: the ONNX Runtime version and the CPU's features."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return hashlib.sha256(f"{ort_version} {platform.machine()} {flags}".encode()).hexdigest()[:12]
+
+
+def cached(identity: dict) -> OnnxModel | None:
+    """The cached export of the model with this identity, or None when there is none (or it
+    does not load)."""
+    key = identity_key(identity)
+    path = cache_dir() / f"{key}.onnx"
+    try:
+        meta = json.loads((cache_dir() / f"{key}.json").read_text())
+        if meta.get("identity") != identity or not path.is_file():
+            return None
+        return OnnxModel(path, meta)
+    except (OSError, ValueError, KeyError, ModelError):
+        return None
+
+
+def cached_source(source: str) -> OnnxModel | None:
+    """The cached export of what a :func:`source_key` named, or None."""
+    try:
+        identity = json.loads((cache_dir() / "sources" / f"{source}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cached(identity)
+
+
+def export(model: "EmbeddingModel", source: str | None = None) -> OnnxModel | None:
+    """The cached export of ``model``, made now if there is none, and recorded under the
+    :func:`source_key` ``source``; None when it cannot be written or does not reproduce the torch
+    model's vectors on a check batch (then the caller keeps the torch model). Tracing runs
+    outside autocast, so the graph is fp32 whatever precision the torch model runs at."""
+    import torch
+
+    directory, key = cache_dir(), identity_key(model.identity)
+    sample = _check_batch(model.preprocess)
+    reference = model.embed_array(sample)
+    onnx = cached(model.identity)
+    try:
+        if onnx is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            with atomic_path(directory / f"{key}.onnx", durable=False) as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.no_grad():
+                    torch.onnx.export(model, (torch.from_numpy(sample),), str(tmp), dynamo=False,
+                                      opset_version=OPSET, input_names=["images"], output_names=["embeddings"],
+                                      dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}})
+            meta = {"identity": model.identity, "source": model.source, "imgembed": __version__,
+                    "torch": torch.__version__, "opset": OPSET}
+            with atomic_path(directory / f"{key}.json", durable=False) as tmp:
+                tmp.write_text(json.dumps(meta, indent=1))
+            onnx = OnnxModel(directory / f"{key}.onnx", meta)
+        if float((onnx.embed_array(sample) * reference).sum(axis=1).min()) < PARITY_MIN_COSINE:
+            return None
+        if source is not None:
+            (directory / "sources").mkdir(exist_ok=True)
+            with atomic_path(directory / "sources" / f"{source}.json", durable=False) as tmp:
+                tmp.write_text(json.dumps(model.identity))
+    except Exception:  # no cache folder, a full disk, no onnx package, an op the exporter lacks:
+        return None  # each leaves the torch model, which is always right
+    return onnx
+
+
+def _check_batch(preprocess: Preprocess) -> np.ndarray:
+    """Two deterministic images with structure at several scales, preprocessed."""
+    from PIL import Image
+
+    side = 97
+    yy, xx = np.mgrid[0:side, 0:side]
+    a = np.stack([(xx * 255 // side), (yy * 255 // side), ((xx ^ yy) & 255)], axis=-1).astype(np.uint8)
+    b = np.stack([((xx // 8 + yy // 8) % 2) * 255, (np.sin(xx / 5.0) * 127 + 128), (yy * 2 % 256)], axis=-1)
+    images = [Image.fromarray(a), Image.fromarray(b.astype(np.uint8)).resize((160, 90))]
+    return np.stack([preprocess.to_array(im) for im in images])
+
