@@ -82,7 +82,8 @@ def test_rebuild_as_another_type_keeps_results(tmp_path):
         ids = idx.commit(add=rows(data))
         idx.save()
     spec = rebuild_index(tmp_path / "i", "hnsw")
-    assert spec["factory"] == "IDMap2,HNSW32,Flat" and spec["params"] == "efSearch=512"
+    assert spec["factory"] == "IDMap2,HNSW32,Flat" and spec["recall"]["met"]
+    assert spec["params"] == spec["recall"]["params"]  # tuned to the target on these vectors
     with ImageIndex.open(tmp_path / "i") as idx:
         assert idx.manifest["faiss"]["index_type"] == "hnsw"
         top = [h[0].row.id for h in idx.search(data[:200], 1)]
