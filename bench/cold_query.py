@@ -1,13 +1,15 @@
-"""Cold queries: `imgembed search|classify|compare` as whole processes, ONNX Runtime against torch.
+"""Cold queries: `imgembed search|classify|compare` as whole processes, against the previous version.
 
-    .venv/bin/python bench/cold_query.py [--images 10000] [--repeats 7]
+    .venv/bin/python bench/cold_query.py [--images 10000] [--repeats 7] [--baseline ecfbb8e]
 
 Builds once, in bench/data/cold-query-<N>/, an index of N images under the default model: the
 80 sample images embedded for real, plus N - 80 rows whose vectors are those embeddings with
 noise added (the index file, SQLite and the search cost are those of an N-image collection).
-Then runs each command as a new process `--repeats` times per runtime, the two runtimes
-interleaved so that both see the same machine, and reports the median wall time (process start
-to printed result), the peak memory (max RSS) and the ratio torch / onnx. The queries are a
+Then runs each command as a new process `--repeats` times in three ways, interleaved so that all
+see the same machine: this version with its default runtime (ONNX Runtime), this version with
+`--runtime torch`, and the `--baseline` commit (the version before ONNX Runtime, from a `git
+worktree` run with this checkout's virtual environment). Reported: the median wall time
+(process start to exit, output printed), the peak memory (max RSS), and the ratios. The queries are a
 sample PNG and a 12 MP JPEG (a scikit-image photo upscaled to 4032x3024).
 The ONNX export is made before timing (as `imgembed index` does), so the ONNX runs are what a
 user sees after indexing.
@@ -21,6 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -28,7 +31,6 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from common import run_measured  # noqa: E402
 
-EXE = str(Path(sys.executable).parent / "imgembed")
 
 
 def build(directory: Path, n: int) -> None:
@@ -75,16 +77,35 @@ def phone_photo(path: Path) -> Path:
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def run(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS in MB of one `imgembed` process."""
-    wall, peak, _ = run_measured([EXE, *args], env=ENV)
+def run(source: Path, args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS in MB of one `python -m imgembed` process, imgembed from ``source``."""
+    wall, peak, _ = run_measured([sys.executable, "-m", "imgembed", *args], env={**ENV, "PYTHONPATH": str(source)})
     return wall, peak
+
+
+def measure(commands: dict, ways: dict, repeats: int) -> list[dict]:
+    for cmd in commands.values():  # warm the page cache and the optimised-graph cache
+        for source, extra in ways.values():
+            run(source, [*cmd, *extra])
+    rows = []
+    for name, cmd in commands.items():
+        got = {way: [] for way in ways}
+        for _ in range(repeats):
+            for way, (source, extra) in ways.items():
+                got[way].append(run(source, [*cmd, *extra]))
+        row = {"command": name, "repeats": repeats}
+        for way, runs in got.items():
+            row[f"{way}_s"] = statistics.median(w for w, _ in runs)
+            row[f"{way}_mb"] = max(m for _, m in runs)
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--baseline", default="ecfbb8e", help="Commit to compare with [default: before ONNX Runtime].")
     parser.add_argument("--report", type=Path, help="Also write the results as JSON here.")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -103,23 +124,21 @@ def main() -> None:
         "classify PNG": ["classify", png, "--index", str(directory)],
         "compare two PNGs": ["compare", *pear],
     }
-    for cmd in commands.values():  # warm the page cache and the optimised-graph cache
-        run([*cmd, "--runtime", "onnx"]), run([*cmd, "--runtime", "torch"])
-    rows = []
-    print(f"{'command':<20} {'onnx s':>7} {'torch s':>8} {'ratio':>6} {'onnx MB':>8} {'torch MB':>9}")
-    for name, cmd in commands.items():
-        got = {"onnx": [], "torch": []}
-        for _ in range(args.repeats):
-            for runtime in got:
-                got[runtime].append(run([*cmd, "--runtime", runtime]))
-        row = {"command": name, "repeats": args.repeats}
-        for runtime, runs in got.items():
-            row[f"{runtime}_s"] = statistics.median(w for w, _ in runs)
-            row[f"{runtime}_mb"] = max(m for _, m in runs)
-        row["ratio"] = row["torch_s"] / row["onnx_s"]
-        rows.append(row)
-        print(f"{name:<20} {row['onnx_s']:>7.2f} {row['torch_s']:>8.2f} {row['ratio']:>5.1f}x "
-              f"{row['onnx_mb']:>8.0f} {row['torch_mb']:>9.0f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True,
+                       capture_output=True)
+        try:
+            ways = {"onnx": (REPO, []), "torch": (REPO, ["--runtime", "torch"]), "baseline": (baseline, [])}
+            rows = measure(commands, ways, args.repeats)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, capture_output=True)
+    print(f"{'command':<20} {'onnx s':>7} {'torch s':>8} {'baseline s':>11} {'base/onnx':>10} "
+          f"{'onnx MB':>8} {'torch MB':>9} {'base MB':>8}")
+    for row in rows:
+        print(f"{row['command']:<20} {row['onnx_s']:>7.2f} {row['torch_s']:>8.2f} {row['baseline_s']:>11.2f} "
+              f"{row['baseline_s'] / row['onnx_s']:>9.1f}x {row['onnx_mb']:>8.0f} {row['torch_mb']:>9.0f} "
+              f"{row['baseline_mb']:>8.0f}")
     start = statistics.median(run_measured([sys.executable, "-c", "pass"], env=ENV)[0] for _ in range(args.repeats))
     print(f"(median of {args.repeats} whole processes each, index of {args.images:,} images, {os.cpu_count()} cores; "
           f"a bare `python -c pass` takes {start:.2f} s here)")

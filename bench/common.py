@@ -32,17 +32,19 @@ def ensure_debian_package(package: str, marker: Path) -> None:
 
 # A child's peak RSS starts from its parent's at fork: a launcher this small, started afresh,
 # reports its own child's peak without the (torch-sized) benchmark process in it.
-_LAUNCH = ("import resource, subprocess, sys\n"
+# It times the child itself, so that its own start-up is not counted.
+_LAUNCH = ("import resource, subprocess, sys, time\n"
+           "start = time.perf_counter()\n"
            "code = subprocess.run(sys.argv[1:], stdout=sys.stdout).returncode\n"
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+           "wall = time.perf_counter() - start\n"
+           "print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
            "sys.exit(code)")
 
 
 def run_measured(args: list[str], env: dict | None = None) -> tuple[float, float, str]:
     """Run a command as a new process: (wall seconds, peak RSS in MB, stdout). Exits on failure."""
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _LAUNCH, *args], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return wall, int(proc.stderr.strip().splitlines()[-1]) / 1024, proc.stdout
+    wall, peak = proc.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(peak) / 1024, proc.stdout
