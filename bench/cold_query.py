@@ -79,7 +79,8 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 def run(source: Path, args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS in MB of one `python -m imgembed` process, imgembed from ``source``."""
-    wall, peak, _ = run_measured([sys.executable, "-m", "imgembed", *args], env={**ENV, "PYTHONPATH": str(source)})
+    wall, peak, _ = run_measured([sys.executable, "-m", "imgembed", *args], env={**ENV, "PYTHONPATH": str(source)},
+                                 cwd=source)  # `-m` puts the working folder first on the path
     return wall, peak
 
 

@@ -41,9 +41,9 @@ _LAUNCH = ("import resource, subprocess, sys, time\n"
            "sys.exit(code)")
 
 
-def run_measured(args: list[str], env: dict | None = None) -> tuple[float, float, str]:
+def run_measured(args: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, str]:
     """Run a command as a new process: (wall seconds, peak RSS in MB, stdout). Exits on failure."""
-    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *args], capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     wall, peak = proc.stderr.strip().splitlines()[-1].split()
