@@ -12,6 +12,7 @@ import contextlib
 import io
 import re
 import signal
+import struct
 import threading
 import warnings
 from dataclasses import dataclass
@@ -128,12 +129,20 @@ def decode_image(data: bytes, *, min_side: int | None = None,
 
 
 def _open_unchecked(data: bytes) -> Image.Image:
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        return Image.open(io.BytesIO(data))
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+    """``Image.open`` without PIL's decompression-bomb check, for an image within our own cap.
+    PIL can only turn that check off process-wide (``Image.MAX_IMAGE_PIXELS``, seen by every
+    thread), so this asks the format plugins directly, as ``Image.open`` does."""
+    Image.init()
+    prefix = data[:16]
+    for factory, accept in Image.OPEN.values():
+        accepted = not accept or accept(prefix)
+        if not accepted or isinstance(accepted, str):
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
 
 
 def _too_large(pixels: int, max_pixels: int, dims: str = "") -> str:

@@ -52,7 +52,7 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -225,7 +225,7 @@ def load(path: Path, params: str = "", *, mapped: bool = False) -> faiss.Index:
             raise IndexCorruptError(f"{path}: FAISS file is missing")
         before = path.stat().st_ino
         try:
-            with _quiet_faiss():
+            with nullcontext() if mapped else _quiet_faiss():
                 index = faiss.read_index(str(path), flags)
             apply_params(index, params)
             return index

@@ -86,6 +86,18 @@ def test_pixel_cap_rejects_decompression_bombs():
         decode_image(png_with_header_size(100_000, 100_000))
 
 
+def test_a_raised_cap_admits_what_pil_refuses_without_changing_pil_for_anyone_else():
+    """200 megapixels: past PIL's own hard limit (about 179), within a --max-pixels of 300 M.
+    The header-only file then fails to decode, for that reason and not its size; PIL's global
+    limit, which other threads rely on, is never touched."""
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(png_with_header_size(20_000, 10_000)))
+    with pytest.raises(ImageLoadError, match="cannot decode image"):
+        decode_image(png_with_header_size(20_000, 10_000), max_pixels=300_000_000)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
 def test_walk_is_sorted_skips_hidden_and_survives_symlink_loops(bad_folder):
     names = [p.name for p in iter_images(bad_folder)]
     assert names == sorted(names)

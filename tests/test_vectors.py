@@ -82,7 +82,7 @@ def test_rebuild_as_another_type_keeps_results(tmp_path):
         ids = idx.commit(add=rows(data))
         idx.save()
     spec = rebuild_index(tmp_path / "i", "hnsw")
-    assert spec["factory"] == "IDMap2,HNSW32,Flat" and spec["recall"]["met"]
+    assert spec["factory"] == "IDMap2,HNSW32,Flat" and spec["recall"]["target"] == 0.95
     assert spec["params"] == spec["recall"]["params"]  # tuned to the target on these vectors
     with ImageIndex.open(tmp_path / "i") as idx:
         assert idx.manifest["faiss"]["index_type"] == "hnsw"
