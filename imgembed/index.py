@@ -329,12 +329,11 @@ class ImageIndex:
         ids = self.store.ids()
         sample = np.sort(np.random.default_rng(0).choice(ids, min(recall.SAMPLE, len(ids)), replace=False))
         stored = self.store.vectors_by_id(sample)
-        queries = recall.fresh_queries(self.faiss, np.stack([stored[int(i)] for i in sample]))
-        none = np.full(len(queries), -1, np.int64)
-        truth, exact_ms = recall.exact_neighbours(queries, none, self.store.iter_vectors())
+        queries, query_ids = recall.check_queries(self.faiss, np.stack([stored[int(i)] for i in sample]), sample)
+        truth, exact_ms = recall.exact_neighbours(queries, query_ids, self.store.iter_vectors())
         ondisk = vectors.is_ondisk(self.faiss)
-        check = recall.tune(self.faiss, spec.factory, queries, none, truth, exact_ms, n, target=self.target_recall,
-                            depth=max(RERANK * recall.K, RERANK_MIN) if ondisk else recall.K)
+        check = recall.tune(self.faiss, spec.factory, queries, query_ids, truth, exact_ms, n,
+                            target=self.target_recall, depth=max(RERANK * recall.K, RERANK_MIN) if ondisk else recall.K)
         self.manifest["faiss"] = {**self.manifest["faiss"], "params": check.params}
         self.manifest["recall"] = check.to_dict()
         self._rebuilt = False
