@@ -71,7 +71,7 @@ class RecallCheck:
 
     def describe(self) -> str:
         verdict = "target met" if self.met else f"target NOT met: {self.note}"
-        return (f"Recall@10 {self.recall:.3f} on {self.queries} queries near its own vectors (target {self.target:.2f}; "
+        return (f"Recall@10 {self.recall:.3f} on {self.queries} queries drawn from its own vectors (target {self.target:.2f}; "
                 f"{verdict}); {self.ms_per_query:.2f} ms a query against {self.exact_ms_per_query:.2f} ms exact, "
                 f"at {self.n:,} vectors")
 
