@@ -14,9 +14,11 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .config import HEADS, LOSSES, MINERS, PRECISIONS, RUNTIMES, SPLITS, TrainConfig
 from .errors import ImgembedError
 
 DEFAULT_INDEX = "indexes/default"
+_TRAIN = TrainConfig()  # the defaults `train` shows are TrainConfig's own
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
@@ -52,10 +54,10 @@ def _index_option(f):
 
 
 _precision_option = click.option(
-    "--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+    "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
     help="Torch inference precision; auto = bf16 where the CPU/GPU runs it natively (ONNX Runtime runs fp32).")
 _runtime_option = click.option(
-    "--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+    "--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
     help="Inference engine; auto = ONNX Runtime where installed (model exported once and cached), else torch.")
 
 
@@ -402,41 +404,41 @@ def _metrics_line(metrics: dict) -> str:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write, e.g. models/mine.pt.")
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Backbone to train on.")
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH")
-@click.option("--dim", type=click.IntRange(2, 4096), default=128, show_default=True,
+@click.option("--dim", type=click.IntRange(2, 4096), default=_TRAIN.dim, show_default=True,
               help="Embedding dimension of the mlp and linear heads (blend keeps the backbone's, twice).")
-@click.option("--head", type=click.Choice(["blend", "mlp", "linear"]), default="blend", show_default=True,
+@click.option("--head", type=click.Choice(HEADS), default=_TRAIN.head, show_default=True,
               help="blend: the untrained embedding plus a WCCN-initialised projection, weighed on validation "
                    "(docs/quality.md); mlp: Linear-BN-ReLU-Linear; linear: one Linear layer.")
-@click.option("--hidden", type=click.IntRange(2, 8192), default=1024, show_default=True, help="Hidden width of the mlp head.")
-@click.option("--loss", type=click.Choice(["triplet", "contrastive"]), default="triplet", show_default=True)
-@click.option("--margin", type=click.FloatRange(0, 2), default=0.2, show_default=True, help="Triplet margin (distance units).")
-@click.option("--miner", type=click.Choice(["batch-hard", "semi-hard", "all"]), default="batch-hard", show_default=True)
-@click.option("--pos-margin", type=click.FloatRange(0, 2), default=0.0, show_default=True,
+@click.option("--hidden", type=click.IntRange(2, 8192), default=_TRAIN.hidden, show_default=True, help="Hidden width of the mlp head.")
+@click.option("--loss", type=click.Choice(LOSSES), default=_TRAIN.loss, show_default=True)
+@click.option("--margin", type=click.FloatRange(0, 2), default=_TRAIN.margin, show_default=True, help="Triplet margin (distance units).")
+@click.option("--miner", type=click.Choice(MINERS), default=_TRAIN.miner, show_default=True)
+@click.option("--pos-margin", type=click.FloatRange(0, 2), default=_TRAIN.pos_margin, show_default=True,
               help="Contrastive: positives closer than this cost nothing.")
-@click.option("--neg-margin", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+@click.option("--neg-margin", type=click.FloatRange(0, 2), default=_TRAIN.neg_margin, show_default=True,
               help="Contrastive: negatives farther than this cost nothing.")
-@click.option("--classes-per-batch", type=click.IntRange(2), default=16, show_default=True)
-@click.option("--images-per-class", type=click.IntRange(2), default=4, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
-@click.option("--views", type=click.IntRange(1, 64), default=3, show_default=True,
+@click.option("--classes-per-batch", type=click.IntRange(2), default=_TRAIN.classes_per_batch, show_default=True)
+@click.option("--images-per-class", type=click.IntRange(2), default=_TRAIN.images_per_class, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=_TRAIN.epochs, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_TRAIN.lr, show_default=True)
+@click.option("--views", type=click.IntRange(1, 64), default=_TRAIN.views, show_default=True,
               help="Frozen mode: cached views per image (1 plain + augmented ones).")
-@click.option("--finetune-blocks", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--finetune-blocks", type=click.IntRange(0), default=_TRAIN.finetune_blocks, show_default=True,
               help="Also train the last N backbone stages on augmented images (slow on a CPU).")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
-@click.option("--split", "split_by", type=click.Choice(["images", "classes"]), default="images", show_default=True,
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True), default=_TRAIN.val_split, show_default=True)
+@click.option("--split", "split_by", type=click.Choice(SPLITS), default=_TRAIN.split, show_default=True,
               help="Hold out a share of each class's images, or whole classes (open set).")
-@click.option("--patience", type=click.IntRange(0), default=10, show_default=True,
+@click.option("--patience", type=click.IntRange(0), default=_TRAIN.patience, show_default=True,
               help="Stop after this many epochs without a better validation mAP@R (0: never).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
 @click.option("--unlabelled", is_flag=True,
               help="Self-supervised: fit the head on augmented views of every image under DATA_DIR, labels ignored.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
 @_cache_option
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=_TRAIN.batch_size, show_default=True,
               help="Images per backbone pass when computing features.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Decoding processes.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, miner, pos_margin, neg_margin,
@@ -448,7 +450,7 @@ def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, m
     Prints loss, Recall@1, mAP@R and k-NN accuracy on the validation part after each epoch and
     keeps the best epoch in --out; `imgembed index --model OUT` then indexes with it.
     """
-    from .train import TrainConfig, train as run_training
+    from .train import train as run_training
 
     config = TrainConfig(model=model_name, weights=weights, dim=dim, head=head, hidden=hidden, loss=loss,
                          margin=margin, miner=miner, pos_margin=pos_margin, neg_margin=neg_margin,
@@ -506,7 +508,7 @@ def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, m
 @click.option("-k", "knn_k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Neighbours for k-NN accuracy.")
 @_cache_option
 @click.option("--workers", type=click.IntRange(0, 64), default=None)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @_html_options
 @_json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-MINERS = ("batch-hard", "semi-hard", "all")
+from .config import MINERS
 
 
 def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:

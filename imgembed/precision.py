@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from .config import PRECISIONS
 
 
 @lru_cache(maxsize=None)

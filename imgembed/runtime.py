@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
+from .config import RUNTIMES
 from .errors import ModelError, RuntimeUnavailableError
 from .files import atomic_path
 from .preprocess import Preprocess
@@ -32,7 +33,6 @@ from .preprocess import Preprocess
 if TYPE_CHECKING:
     from .model import EmbeddingModel
 
-RUNTIMES = ("auto", "onnx", "torch")
 EXPORT_FORMAT = 1  # part of every cache key: bump it to retire the exports already cached
 OPSET = 17
 PARITY_MIN_COSINE = 0.999

@@ -29,72 +29,11 @@ from .data import LabelledSet, pk_batches, scan_labelled, scan_unlabelled, split
 from .errors import InputError, ModelError
 from .featcache import FeatureCache
 from .files import atomic_path
-from .losses import MINERS, contrastive_loss, triplet_loss
+from .config import TrainConfig
+from .losses import contrastive_loss, triplet_loss
 from .metrics import retrieval_metrics
 from .model import EmbeddingModel, load_model, save_checkpoint
 from .precision import autocast
-
-HEADS = ("blend", "mlp", "linear")
-LOSSES = ("triplet", "contrastive")
-SPLITS = ("images", "classes")
-
-
-@dataclass
-class TrainConfig:
-    model: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    dim: int = 128
-    head: str = "blend"
-    hidden: int = 1024
-    loss: str = "triplet"
-    margin: float = 0.2
-    miner: str = "batch-hard"
-    pos_margin: float = 0.0
-    neg_margin: float = 1.0
-    classes_per_batch: int = 16
-    images_per_class: int = 4
-    epochs: int = 50
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    views: int = 3
-    finetune_blocks: int = 0
-    val_split: float = 0.2
-    split: str = "images"
-    patience: int = 10
-    seed: int = 0
-    batch_size: int = 64  # images per backbone forward pass when caching features
-    workers: int | None = None
-    precision: str = "auto"
-    unlabelled: bool = False  # fit on augmented views of unlabelled images (see blend.fit_unlabelled)
-
-    def check(self) -> None:
-        if self.unlabelled and (self.views < 2 or self.head != "blend" or self.finetune_blocks):
-            raise InputError("--unlabelled needs --views 2 or more and the blend head, without --finetune-blocks")
-        if self.head not in HEADS:
-            raise InputError(f"head must be one of {HEADS}")
-        if self.loss not in LOSSES:
-            raise InputError(f"loss must be one of {LOSSES}")
-        if self.miner not in MINERS:
-            raise InputError(f"miner must be one of {MINERS}")
-        if self.split not in SPLITS:
-            raise InputError(f"split must be one of {SPLITS}")
-        if not 0 <= self.val_split < 1:
-            raise InputError("--val-split must be in [0, 1)")
-        if self.images_per_class < 2 or self.classes_per_batch < 2:
-            raise InputError("batches need at least 2 classes and 2 images per class")
-
-    def head_config(self) -> dict:
-        """The mlp and linear heads' shape; the blend head's depends on the data (see :mod:`.blend`)."""
-        if self.head == "linear":
-            return {"type": "linear", "dim": self.dim}
-        return {"type": "mlp", "hidden": self.hidden, "dim": self.dim}
-
-    def same_run(self, other: "TrainConfig") -> bool:
-        """Whether ``other`` describes the same run, ignoring how long it may go on."""
-        ignore = {"epochs", "patience", "workers", "batch_size"}
-        a, b = asdict(self), asdict(other)
-        return all(a[k] == b[k] for k in a if k not in ignore)
-
 
 @dataclass
 class EpochLog:
