@@ -24,7 +24,7 @@ from . import knn
 from .errors import ImageLoadError, InputError, ModelMismatchError, NoLabelsError, RemovalRefusedError
 from .files import content_hash, iter_images
 from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model, to_rgb
-from .index import MANIFEST, Hit, ImageIndex, read_manifest
+from .index import MANIFEST, Hit, ImageIndex, describe_mismatch, read_manifest
 from .store import Known, NewImage, Skipped, from_db
 
 if TYPE_CHECKING:
@@ -453,22 +453,49 @@ def _name(q: Query) -> str:
 
 
 class Searcher:
-    """Keeps an index and its model loaded, for many queries.
+    """Keeps one index or several, and their model, loaded for many queries.
 
-    Without ``model`` it loads the model the index records in its manifest; with one, the model
-    must be the one that built the index (:class:`ModelMismatchError` otherwise).
+    Without ``model`` it loads the model the (first) index records in its manifest; with one,
+    the model must be the one that built the index (:class:`ModelMismatchError` otherwise).
+    Several index directories (one per disk, per year, per shard of a collection too large for
+    one) are searched as one: every index must have been built by the same model, and each
+    query's hits from all of them are merged by score.
     """
 
-    def __init__(self, index_dir: str | Path, model: "EmbeddingModel | OnnxModel | None" = None,
+    def __init__(self, index_dir: str | Path | Sequence[str | Path], model: "EmbeddingModel | OnnxModel | None" = None,
                  *, max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto", runtime: str = "auto"):
+        dirs = [Path(index_dir)] if isinstance(index_dir, (str, Path)) else [Path(d) for d in index_dir]
+        if not dirs:
+            raise InputError("no index to search")
         if model is None:
-            model = _own_model(index_dir, read_manifest(Path(index_dir)), precision, runtime)
+            model = _own_model(dirs[0], read_manifest(dirs[0]), precision, runtime)
         self.model = model
-        self.index = ImageIndex.open(index_dir, model.identity)
+        self.indexes: list[ImageIndex] = []
+        for directory in dirs[1:]:
+            other = read_manifest(directory).get("model") or {}
+            if other != model.identity:
+                raise ModelMismatchError(f"{directory} was built by another model than {dirs[0]} "
+                                         f"({describe_mismatch(other, model.identity)}); indexes searched "
+                                         "together must share one model")
+        try:
+            for directory in dirs:
+                self.indexes.append(ImageIndex.open(directory, model.identity))
+        except BaseException:
+            self.close()
+            raise
         self.max_pixels = max_pixels
 
+    @property
+    def index(self) -> ImageIndex:
+        """The first index (the only one, unless several were given)."""
+        return self.indexes[0]
+
+    def __len__(self) -> int:
+        return sum(len(idx) for idx in self.indexes)
+
     def close(self) -> None:
-        self.index.close()
+        for idx in self.indexes:
+            idx.close()
 
     def __enter__(self) -> "Searcher":
         return self
@@ -479,16 +506,32 @@ class Searcher:
     def embed(self, queries: Sequence[Query]) -> np.ndarray:
         return embed(self.model, queries, max_pixels=self.max_pixels)
 
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """Each query vector's ``k`` best hits over every index, best first. An image indexed in
+        two of them (the same absolute path) is listed once."""
+        if len(self.indexes) == 1:
+            return self.indexes[0].search(vectors, k)
+        merged = []
+        for per_index in zip(*(idx.search(vectors, k) for idx in self.indexes)):
+            hits = sorted((h for hits in per_index for h in hits), key=lambda h: -h.score)
+            seen, best = set(), []
+            for h in hits:
+                if h.row.full_path not in seen and len(best) < k:
+                    seen.add(h.row.full_path)
+                    best.append(replace(h, rank=len(best) + 1))
+            merged.append(best)
+        return merged
+
     def search(self, queries: Sequence[Query], k: int = 10) -> list[QueryResult]:
-        hits = self.index.search(self.embed(queries), k)
+        hits = self.search_vectors(self.embed(queries), k)
         return [QueryResult(_name(q), h) for q, h in zip(queries, hits)]
 
     def classify(self, queries: Sequence[Query], k: int = 5) -> list[Classification]:
-        if all(label is None for label in self.index.store.labels()):
+        if all(label is None for idx in self.indexes for label in idx.store.labels()):
             raise NoLabelsError(f"{self.index.directory}: the index has no labels (all images sit at "
                                 "the folder root); put images in one sub-folder per class and re-index")
         out = []
-        for q, hits in zip(queries, self.index.search(self.embed(queries), k)):
+        for q, hits in zip(queries, self.search_vectors(self.embed(queries), k)):
             v = knn.vote([h.row.label for h in hits], [h.score for h in hits])
             out.append(Classification(_name(q), v, hits))
         return out

@@ -61,6 +61,13 @@ _runtime_option = click.option(
     help="Inference engine; auto = ONNX Runtime where installed (model exported once and cached), else torch.")
 
 
+def _indexes_option(f):
+    return click.option("--index", "index_dirs", multiple=True, default=(DEFAULT_INDEX,), show_default=True,
+                        envvar="IMGEMBED_INDEX", type=click.Path(file_okay=False),
+                        help="Index directory (env: IMGEMBED_INDEX). Repeat it to search several indexes built "
+                             "by the same model as one.")(f)
+
+
 def _model_options(default_model: str | None):
     def deco(f):
         f = _runtime_option(f)
@@ -127,14 +134,16 @@ def _load_model(name: str, weights: str, precision: str, index_dir: str | None =
     return load_model(name, weights, precision, index=index_dir, runtime=runtime)
 
 
-def _searcher(index_dir: str, model_name: str | None, weights: str, precision: str, runtime: str,
+def _searcher(index_dirs: tuple[str, ...], model_name: str | None, weights: str, precision: str, runtime: str,
               max_pixels: int | None):
-    """The index's own model, or ``--model`` checked against it."""
+    """The indexes' own model, or ``--model`` checked against them."""
     from .api import Searcher
 
-    model = _load_model(model_name, weights, precision, index_dir, runtime) if model_name else None
-    searcher = Searcher(index_dir, model, max_pixels=_max_pixels(max_pixels), precision=precision, runtime=runtime)
-    _warn_problem(searcher.index.problem, index_dir)
+    model = _load_model(model_name, weights, precision, index_dirs[0], runtime) if model_name else None
+    searcher = Searcher(list(index_dirs), model, max_pixels=_max_pixels(max_pixels), precision=precision,
+                        runtime=runtime)
+    for idx in searcher.indexes:
+        _warn_problem(idx.problem, str(idx.directory))
     return searcher
 
 
@@ -253,16 +262,16 @@ def index(folder, index_dir, model_name, weights, precision, runtime, batch_size
 
 @main.command()
 @_queries
-@_index_option
+@_indexes_option
 @click.option("-k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Results per query.")
 @_model_options(None)
 @_max_pixels_option
 @_html_options
 @_json_option
-def search(queries, index_dir, k, model_name, weights, precision, runtime, max_pixels, html_file, open_page,
+def search(queries, index_dirs, k, model_name, weights, precision, runtime, max_pixels, html_file, open_page,
            as_json):
     """Find the indexed images most similar to each QUERY image."""
-    with _searcher(index_dir, model_name, weights, precision, runtime, max_pixels) as searcher:
+    with _searcher(index_dirs, model_name, weights, precision, runtime, max_pixels) as searcher:
         results = searcher.search(list(queries), k)
     _write_page(html_file, lambda: _gallery().search_page(results), open_page)
     if as_json:
@@ -280,16 +289,16 @@ def search(queries, index_dir, k, model_name, weights, precision, runtime, max_p
 
 @main.command()
 @_queries
-@_index_option
+@_indexes_option
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Neighbours that vote.")
 @_model_options(None)
 @_max_pixels_option
 @_html_options
 @_json_option
-def classify(queries, index_dir, k, model_name, weights, precision, runtime, max_pixels, html_file, open_page,
+def classify(queries, index_dirs, k, model_name, weights, precision, runtime, max_pixels, html_file, open_page,
              as_json):
     """Label each QUERY image by a similarity-weighted vote of its k nearest indexed images."""
-    with _searcher(index_dir, model_name, weights, precision, runtime, max_pixels) as searcher:
+    with _searcher(index_dirs, model_name, weights, precision, runtime, max_pixels) as searcher:
         results = searcher.classify(list(queries), k)
     _write_page(html_file, lambda: _gallery().classify_page(results), open_page)
     if as_json:

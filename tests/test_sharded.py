@@ -1,0 +1,55 @@
+"""Several indexes searched as one: the same answers as one index holding everything."""
+
+import shutil
+
+import pytest
+
+from conftest import QUERIES, SAMPLES, run_cli, run_json
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """The sample classes split over two folders, indexed apart (a, b) and together (both)."""
+    tmp = tmp_path_factory.mktemp("shards")
+    classes = sorted(p.name for p in SAMPLES.iterdir() if p.is_dir())
+    for part, names in (("a", classes[:3]), ("b", classes[3:])):
+        for name in names:
+            shutil.copytree(SAMPLES / name, tmp / part / name)
+        run_cli("index", tmp / part, "--index", tmp / f"idx-{part}", "-q")
+        run_cli("index", tmp / part, "--index", tmp / "idx-both", "-q")
+    return tmp
+
+
+def test_two_indexes_answer_as_one(shards):
+    queries = sorted(QUERIES.glob("*.png"))
+    apart = run_json("search", *queries, "--index", shards / "idx-a", "--index", shards / "idx-b", "-k", "7")
+    together = run_json("search", *queries, "--index", shards / "idx-both", "-k", "7")
+    for got, want in zip(apart, together):
+        assert [(h["rank"], h["path"]) for h in got["results"]] == [(h["rank"], h["path"]) for h in want["results"]]
+        assert [h["score"] for h in got["results"]] == pytest.approx([h["score"] for h in want["results"]], abs=1e-5)
+    votes = run_json("classify", *queries, "--index", shards / "idx-a", "--index", shards / "idx-b")
+    assert [v["label"] for v in votes] == [v["label"] for v in run_json("classify", *queries, "--index",
+                                                                         shards / "idx-both")]
+
+
+def test_an_image_in_two_indexes_is_listed_once(shards):
+    query = QUERIES / "fish_altum_angelfish_01.png"
+    hits = run_json("search", query, "--index", shards / "idx-a", "--index", shards / "idx-both", "-k", "20")
+    paths = [h["path"] for h in hits[0]["results"]]
+    assert len(paths) == len(set(paths)) == 20
+
+
+def test_indexes_of_another_model_are_refused_by_name(shards, tmp_path, torch_model):
+    import torch
+
+    from imgembed.model import EmbeddingModel, save_checkpoint
+
+    torch.manual_seed(0)
+    m = torch_model
+    save_checkpoint(EmbeddingModel(m.backbone_name, m.backbone, m.weights_id, m.preprocess, {"type": "linear", "dim": 64},
+                                   pooling=m.pooling), tmp_path / "toy.pt", weights="imagenet")
+    run_cli("index", SAMPLES / "fruit", "--index", tmp_path / "other", "--model", tmp_path / "toy.pt", "-q")
+    proc = run_cli("search", QUERIES / "fish_altum_angelfish_01.png", "--index", shards / "idx-a",
+                   "--index", tmp_path / "other", check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert str(tmp_path / "other") in proc.stderr and "must share one" in proc.stderr
