@@ -507,18 +507,20 @@ class Searcher:
         return embed(self.model, queries, max_pixels=self.max_pixels)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """Each query vector's ``k`` best hits over every index, best first. An image indexed in
-        two of them (the same absolute path) is listed once."""
+        """Each query vector's ``k`` best hits over every index, best first (``Hit.source`` says
+        which index holds each). An image indexed in two of them (the same absolute path) is
+        listed once."""
         if len(self.indexes) == 1:
             return self.indexes[0].search(vectors, k)
         merged = []
         for per_index in zip(*(idx.search(vectors, k) for idx in self.indexes)):
-            hits = sorted((h for hits in per_index for h in hits), key=lambda h: -h.score)
+            hits = sorted(((source, h) for source, hits in enumerate(per_index) for h in hits),
+                          key=lambda sh: -sh[1].score)
             seen, best = set(), []
-            for h in hits:
+            for source, h in hits:
                 if h.row.full_path not in seen and len(best) < k:
                     seen.add(h.row.full_path)
-                    best.append(replace(h, rank=len(best) + 1))
+                    best.append(replace(h, rank=len(best) + 1, source=source))
             merged.append(best)
         return merged
 

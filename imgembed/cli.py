@@ -665,13 +665,13 @@ def duplicates(index_dir, score, threshold, k, html_file, open_page, as_json, qu
 
 
 @main.command()
-@_index_option
+@_indexes_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it to the network).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 @click.option("--max-upload-mb", type=click.IntRange(1, 1024), default=25, show_default=True)
 @_precision_option
 @_runtime_option
-def serve(index_dir, host, port, max_upload_mb, precision, runtime):
+def serve(index_dirs, host, port, max_upload_mb, precision, runtime):
     """A local web page (drop an image, see similar ones) and JSON API over the index."""
     try:
         from .server import create_app
@@ -679,10 +679,12 @@ def serve(index_dir, host, port, max_upload_mb, precision, runtime):
         raise click.ClickException(f"serve needs Flask ({e.name} missing): pip install 'imgembed[serve]'") from None
     from .api import Searcher
 
-    searcher = Searcher(index_dir, precision=precision, runtime=runtime)
-    _warn_problem(searcher.index.problem, index_dir)
+    searcher = Searcher(list(index_dirs), precision=precision, runtime=runtime)
+    for idx in searcher.indexes:
+        _warn_problem(idx.problem, str(idx.directory))
     app = create_app(searcher, max_upload_bytes=max_upload_mb * 1024 * 1024)
-    click.echo(f"serving {index_dir} ({len(searcher.index)} images) at http://{host}:{port}/  (Ctrl-C stops)", err=True)
+    click.echo(f"serving {', '.join(index_dirs)} ({len(searcher)} images) at http://{host}:{port}/  (Ctrl-C stops)",
+               err=True)
     # One thread: the model and the SQLite connection belong to this one; a query takes ~25 ms.
     app.run(host=host, port=port, threaded=False, debug=False, load_dotenv=False)
 

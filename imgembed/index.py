@@ -36,6 +36,7 @@ class Hit:
     rank: int
     score: float
     row: ImageRow
+    source: int = 0  # which of several indexes searched as one holds it (api.Searcher)
 
 
 def _now() -> str:

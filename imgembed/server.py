@@ -10,7 +10,8 @@ JSON API:
   ``{"results": [{"rank", "id", "path", "label", "score"}], "classification": {"label",
   "confidence", "votes"} | null}``
 - ``POST /api/classify`` (``image``, optional ``k``, default 5) -> ``{"label", "confidence", "votes"}``
-- ``GET /api/thumbnail/<id>?size=256`` -> JPEG of an indexed image
+- ``GET /api/thumbnail/<id>?size=256&index=N`` -> JPEG of an indexed image (``index``: which
+  of several indexes served as one holds it, 0 by default; each result names its ``thumbnail``)
 - ``GET /api/info`` -> the index's images, labels and model
 - errors -> ``{"error": "one line"}`` with status 400 (not an image), 404 (no such id) or 413 (too large)
 """
@@ -35,7 +36,7 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     lock = threading.Lock()  # one model and one SQLite connection: one request at a time
-    has_labels = any(label is not None for label in searcher.index.store.labels())
+    has_labels = any(label is not None for idx in searcher.indexes for label in idx.store.labels())
 
     def error(message: str, status: int):
         return jsonify({"error": message}), status
@@ -70,9 +71,13 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) 
 
     @app.get("/api/info")
     def info():
-        labels = searcher.index.store.labels()
-        return jsonify({"images": len(searcher.index), "model": searcher.index.manifest["model"],
-                        "labels": {(k or ""): v for k, v in labels.items()}})
+        labels: dict[str, int] = {}
+        with lock:
+            for idx in searcher.indexes:
+                for label, n in idx.store.labels().items():
+                    labels[label or ""] = labels.get(label or "", 0) + n
+        return jsonify({"images": len(searcher), "model": searcher.index.manifest["model"], "labels": labels,
+                        "indexes": [str(idx.directory) for idx in searcher.indexes]})
 
     @app.post("/api/search")
     def search():
@@ -81,8 +86,10 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) 
             result = searcher.search([image], k)[0]
             vote = searcher.classify([image], 5)[0].vote if has_labels else None
         return jsonify({
-            "results": [{"rank": h.rank, "id": h.row.id, "path": h.row.full_path, "label": h.row.label,
-                         "score": round(h.score, 6)} for h in result.hits],
+            "results": [{"rank": h.rank, "id": h.row.id, "index": h.source, "path": h.row.full_path,
+                         "label": h.row.label, "score": round(h.score, 6),
+                         "thumbnail": f"api/thumbnail/{h.row.id}" + (f"?index={h.source}" if h.source else "")}
+                        for h in result.hits],
             "classification": None if vote is None else
             {"label": vote.label, "confidence": round(vote.confidence, 6), "votes": vote.votes},
         })
@@ -100,8 +107,11 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) 
     @app.get("/api/thumbnail/<int:row_id>")
     def thumbnail(row_id: int):
         size = max(16, min(1024, request.args.get("size", 256, type=int)))
+        source = request.args.get("index", 0, type=int)
+        if not 0 <= source < len(searcher.indexes):
+            return error(f"no index {source} (serving {len(searcher.indexes)})", 404)
         with lock:
-            row = searcher.index.store.rows_by_id([row_id]).get(row_id)
+            row = searcher.indexes[source].store.rows_by_id([row_id]).get(row_id)
         if row is None:
             return error(f"no image with id {row_id} in this index", 404)
         try:
@@ -157,7 +167,7 @@ async function query(file) {
   if (c) document.getElementById("verdict").textContent =
       "predicted: " + c.label + " (confidence " + c.confidence.toFixed(2) + ")";
   document.getElementById("results").innerHTML = body.results.map(r =>
-    `<figure class="result" data-path="${esc(r.path)}"><img src="api/thumbnail/${r.id}" alt="">
+    `<figure class="result" data-path="${esc(r.path)}"><img src="${esc(r.thumbnail)}" alt="">
      <figcaption>#${r.rank} <span class="score">${r.score.toFixed(4)}</span>
      <span class="label">${esc(r.label)}</span><br>${esc(r.path)}</figcaption></figure>`).join("");
   show(body.results.length + " results for " + file.name);

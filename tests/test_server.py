@@ -58,7 +58,7 @@ def test_api_search_classify_thumbnails_and_refusals(server):
     path = SAMPLES / "fish" / "dolphin.png"
     status, body = upload(server + "api/search", path.read_bytes())
     assert status == 200 and body["results"][0]["path"] == str(path) and body["results"][0]["score"] > 0.999
-    assert set(body["results"][0]) == {"rank", "id", "path", "label", "score"}
+    assert set(body["results"][0]) == {"rank", "id", "index", "path", "label", "score", "thumbnail"}
     assert body["classification"]["label"] == "fish"
     status, body2 = upload(server + "api/classify", path.read_bytes())
     assert status == 200 and body2["label"] == "fish"

@@ -53,3 +53,41 @@ def test_indexes_of_another_model_are_refused_by_name(shards, tmp_path, torch_mo
                    "--index", tmp_path / "other", check=False)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert str(tmp_path / "other") in proc.stderr and "must share one" in proc.stderr
+
+
+def test_serve_answers_from_several_indexes(shards):
+    """`serve --index a --index b`: one collection to the page and the API; each hit's thumbnail
+    is fetched from the index that holds it."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import ROOT
+    from test_server import free_port, upload
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "imgembed", "serve", "--index", str(shards / "idx-a"),
+                             "--index", str(shards / "idx-b"), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                info = json.loads(urllib.request.urlopen(base + "api/info", timeout=2).read())
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+                time.sleep(0.3)
+        assert info["images"] == 80 and len(info["indexes"]) == 2 and len(info["labels"]) == 8
+        status, body = upload(base + "api/search", (QUERIES / "fish_altum_angelfish_01.png").read_bytes())
+        assert status == 200
+        assert {r["index"] for r in body["results"]} == {0, 1}  # 12 hits from both halves of the classes
+        for r in body["results"]:
+            with urllib.request.urlopen(base + r["thumbnail"], timeout=30) as resp:
+                assert resp.headers["Content-Type"] == "image/jpeg"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
