@@ -119,30 +119,28 @@ def _session(path: Path):
     it is specific to this CPU and ONNX Runtime version, which its file name records."""
     import onnxruntime as ort
 
-    def make(source: Path, optimise_to: Path | None = None):
+    def make(source: Path, *, optimised: bool = False, save_to: Path | None = None):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
-        if optimise_to is None:
+        if optimised:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        else:
-            options.optimized_model_filepath = str(optimise_to)
+        if save_to is not None:
+            options.optimized_model_filepath = str(save_to)
         return ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
-    optimised = path.with_suffix(f".{_machine_tag(ort.__version__)}.ort.onnx")
-    if optimised.is_file():
+    saved = path.with_suffix(f".{_machine_tag(ort.__version__)}.ort.onnx")
+    if saved.is_file():
         try:
-            return make(optimised)
+            return make(saved, optimised=True)
         except Exception:  # damaged: optimise again below
             pass
     try:
-        with atomic_path(optimised, durable=False) as tmp:
-            return make(path, tmp)
-    except Exception:  # a read-only cache, or a damaged export: try once more in memory
+        with atomic_path(saved, durable=False) as tmp:
+            return make(path, save_to=tmp)
+    except Exception:  # a read-only cache, or a damaged export: once more, in memory only
         pass
     try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return make(path)
     except Exception as e:  # ONNX Runtime's own error types: a truncated or foreign file
         raise ModelError(f"{path}: not a loadable ONNX model ({type(e).__name__}); delete it to re-export") from None
 
