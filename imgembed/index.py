@@ -90,6 +90,7 @@ class ImageIndex:
         # a new .ivfdata generation without re-training or re-encoding the published ones.
         self._added = None
         self._rebuilt = False  # since opening: the next save() checks recall again
+        self._unsaved = False  # the in-RAM FAISS index differs from its file: save() writes it
 
     # -- opening -------------------------------------------------------------------------
 
@@ -190,6 +191,7 @@ class ImageIndex:
             store.close()
             raise
         index = cls(directory, manifest, store, faiss_index, lock=lock)
+        index._unsaved = stale
         if index_type is not None and index_type != _spec(manifest).index_type:
             index.manifest["faiss"] = {**manifest["faiss"], "index_type": index_type}
         if stale:
@@ -264,6 +266,7 @@ class ImageIndex:
         remove = remove + vanish
         if remove and vectors.supports_removal(self.faiss):
             vectors.remove(self.faiss, remove)
+            self._unsaved = True
         elif remove:
             self._stale += len(remove)  # searches skip the removed ids (no row); save() rebuilds
         if add:
@@ -273,6 +276,7 @@ class ImageIndex:
                     self._added = vectors.empty_like(self.directory / FAISS_FILE, _spec(self.manifest).params)
                 target = self._added
             vectors.add(target, np.asarray(ids, np.int64), np.stack([a.vector for a in add]))
+            self._unsaved = self._unsaved or target is self.faiss
         return ids
 
     def rebuild(self, index_type: str | None = None) -> vectors.IndexSpec:
@@ -280,7 +284,7 @@ class ImageIndex:
         spec = vectors.choose(index_type or _spec(self.manifest).index_type, self.store.count(), self.dim)
         self.manifest["faiss"] = spec.to_dict()
         self.faiss = _rebuild(self.manifest, self.store, self.directory / FAISS_FILE)
-        self._stale, self._added, self._rebuilt = 0, None, True
+        self._stale, self._added, self._rebuilt, self._unsaved = 0, None, True, True
         return spec
 
     def save(self) -> None:
@@ -300,9 +304,10 @@ class ImageIndex:
         elif self._added is not None:
             vectors.save_ondisk(vectors.empty_like(path, current.params), path, also=[self.faiss, self._added])
             self.faiss, self._added = vectors.load(path, current.params), None
-        if not vectors.is_ondisk(self.faiss):
-            vectors.save(self.faiss, path)
+        if not vectors.is_ondisk(self.faiss) and (self._unsaved or not path.is_file()):
+            vectors.save(self.faiss, path)  # a run that changed nothing leaves the file alone
             vectors.remove_stale_generations(path)  # left by an ondisk index this one replaced
+            self._unsaved = False
         self._check_recall()
         labels = self.store.labels()
         self.manifest.update({
