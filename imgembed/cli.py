@@ -371,10 +371,9 @@ def _recall_line(check: dict) -> str:
 
 
 def _default_cache() -> str:
-    import os
+    from .files import user_cache
 
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "imgembed", "features")
+    return str(user_cache("features"))
 
 
 _cache_option = click.option("--cache", "cache_dir", envvar="IMGEMBED_CACHE", default=None, type=click.Path(file_okay=False),

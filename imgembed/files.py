@@ -57,6 +57,13 @@ def iter_images(root: Path) -> Iterator[Path]:
     yield from walk(root)
 
 
+def user_cache(name: str) -> Path:
+    """``$XDG_CACHE_HOME/imgembed/NAME``, by default under ``~/.cache``: where the feature cache
+    and the exported models live unless told otherwise."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "imgembed" / name
+
+
 def content_hash(data: bytes) -> str:
     """Hex digest identifying a file's bytes (BLAKE2b, 128 bits)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()

@@ -27,7 +27,7 @@ import numpy as np
 from . import __version__
 from .config import RUNTIMES
 from .errors import ModelError, RuntimeUnavailableError
-from .files import atomic_path
+from .files import atomic_path, user_cache
 from .preprocess import Preprocess
 
 if TYPE_CHECKING:
@@ -59,8 +59,7 @@ def cache_dir() -> Path:
     """``$IMGEMBED_MODEL_CACHE``, else ``$XDG_CACHE_HOME/imgembed/models`` (``~/.cache/...``)."""
     if os.environ.get("IMGEMBED_MODEL_CACHE"):
         return Path(os.environ["IMGEMBED_MODEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "imgembed" / "models"
+    return user_cache("models")
 
 
 def _file_digest(path: Path) -> str:
