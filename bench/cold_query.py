@@ -36,7 +36,7 @@ from common import run_measured  # noqa: E402
 def build(directory: Path, n: int) -> None:
     from imgembed.api import embed, load_model
     from imgembed.index import ImageIndex
-    from imgembed.store import NewImage
+    from imgembed.index.store import NewImage
 
     phone_photo(HERE / "data" / "phone-4032x3024.jpg")
     load_model()  # the ONNX export, cached as `imgembed index` leaves it

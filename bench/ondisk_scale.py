@@ -32,7 +32,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from imgembed import vectors
+from imgembed.index import vectors
 
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 CENTRES, NOISE = 2000, 0.6  # as bench/search_scale.py's clustered()
@@ -230,7 +230,7 @@ def rescored_recall(directory: Path, n: int, dim: int, seed: int, shard: int, pa
 def rescore_cost(directory: Path, n: int, dim: int, candidates: int = 40, queries: int = 500) -> dict:
     """Milliseconds per query that re-scoring costs: fetching ``candidates`` random vectors by id
     from a MetadataStore of ``n`` rows (built here, page cache warm) and scoring them."""
-    from imgembed.store import MetadataStore, NewImage
+    from imgembed.index.store import MetadataStore, NewImage
 
     rng = np.random.default_rng(0)
     path = directory / "rescore.sqlite"

@@ -35,7 +35,7 @@ CHECKPOINT = HERE / "data" / "fashion-mnist" / "models" / "fmnist-mlp1024-128-tr
 def build(directory: Path, n: int) -> None:
     from imgembed.api import embed, load_model
     from imgembed.index import ImageIndex
-    from imgembed.store import NewImage
+    from imgembed.index.store import NewImage
 
     marker = directory / ".complete"
     if marker.is_file() and marker.read_text() == str(n):

@@ -67,7 +67,7 @@ def driver_ceiling(directory: Path, dim: int, n: int = 20_000, chunk: int = 256)
     """Rows per second the driver alone can commit (SQLite + FAISS), whatever the cluster's size:
     the ceiling of one index's ingest. Synthetic unit vectors, chunks as `index` commits them."""
     from imgembed.index import ImageIndex
-    from imgembed.store import NewImage
+    from imgembed.index.store import NewImage
 
     rng = np.random.default_rng(0)
     identity = {"backbone": "synthetic", "dim": dim}
@@ -87,8 +87,8 @@ def driver_memory_per_file(directory: Path, n: int = 20_000) -> tuple[float, flo
     engine's input rows (tracemalloc, over ``n`` new files with 30-character names)."""
     import tracemalloc
 
-    from imgembed.api import _plan
-    from imgembed.store import MetadataStore
+    from imgembed.index import planner
+    from imgembed.index.store import MetadataStore
 
     root = directory / "names"
     for i in range(n):
@@ -97,9 +97,9 @@ def driver_memory_per_file(directory: Path, n: int = 20_000) -> tuple[float, flo
         path.write_bytes(b"x")
     with MetadataStore(directory / "plan.sqlite", create=True) as store:
         tracemalloc.start()
-        plan = _plan(root, store, True)
+        plan = planner.plan(str(root), planner.scan(root), store.rows_under(str(root)), {})
         planned = tracemalloc.get_traced_memory()[0]
-        items = [{"pos": i, "path": os.fsencode(t[0])} for i, t in enumerate(plan.todo)]
+        items = [{"pos": i, "path": os.fsencode(f.path)} for i, f in enumerate(plan.todo)]
         rows = tracemalloc.get_traced_memory()[0] - planned
         tracemalloc.stop()
     assert len(items) == n

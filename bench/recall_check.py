@@ -6,7 +6,7 @@ they never saw, over collections with different neighbourhood structures.
 
 For each set and index type: build an index directory through `ImageIndex` (as `imgembed index`
 does), which measures Recall@10 on 500 of the stored vectors and tunes its search parameters to
-0.95 (imgembed.recall). Then, independently: 1,000 held-out queries from the same distribution
+0.95 (imgembed.index.recall). Then, independently: 1,000 held-out queries from the same distribution
 (not in the index), their exact top 10 by brute force, and the same queries through
 `ImageIndex.search`: the Recall@10 a user gets. Single-query latency through FAISS at the tuned
 setting against exact search over the same vectors (a flat index), median of 200 queries.
@@ -89,7 +89,7 @@ def make(name: str, n: int, dim: int, seed: int) -> np.ndarray:
 
 def check(name: str, base: np.ndarray, held_out: np.ndarray, index_type: str) -> dict:
     from imgembed.index import ImageIndex
-    from imgembed.store import NewImage
+    from imgembed.index.store import NewImage
 
     n, dim = base.shape
     directory = DATA / f"{name}-{index_type}-{n}"

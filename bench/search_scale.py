@@ -20,7 +20,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from imgembed import vectors
+from imgembed.index import vectors
 
 HERE = Path(__file__).resolve().parent
 

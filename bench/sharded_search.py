@@ -30,7 +30,7 @@ from recall_check import make  # noqa: E402
 
 def build(directory: Path, identity: dict, vectors: np.ndarray, offset: int) -> None:
     from imgembed.index import ImageIndex
-    from imgembed.store import NewImage
+    from imgembed.index.store import NewImage
 
     with ImageIndex.open_for_write(directory, identity, {}, "flat") as idx:
         for start in range(0, len(vectors), 50_000):

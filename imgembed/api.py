@@ -21,11 +21,11 @@ import numpy as np
 from PIL import Image
 
 from . import knn
-from .errors import ImageLoadError, InputError, ModelMismatchError, NoLabelsError, RemovalRefusedError
-from .files import content_hash, iter_images
+from .errors import ImageLoadError, InputError, ModelMismatchError, NoLabelsError
 from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model, to_rgb
-from .index import MANIFEST, Hit, ImageIndex, describe_mismatch, read_manifest
-from .store import Known, NewImage, Skipped, from_db
+from .index import MANIFEST, Hit, ImageIndex, describe_mismatch, planner, read_manifest
+from .index.directory import ChunkWriter
+from .index.store import NewImage, Skipped, from_db
 
 if TYPE_CHECKING:
     from .model import EmbeddingModel
@@ -148,144 +148,6 @@ class IndexReport:
         }
 
 
-def _label_of(relative: str) -> str | None:
-    parent = relative.rpartition("/")[0]
-    return parent or None
-
-
-@dataclass
-class _Plan:
-    """What a run must do for one root, decided from a directory walk and the stored rows."""
-
-    todo: list[tuple[Path, str, int, int]] = field(default_factory=list)  # (path, relative, bytes, mtime_ns)
-    replaces: dict[str, int] = field(default_factory=dict)  # relative path -> id of the row it replaces
-    gone: list[int] = field(default_factory=list)  # ids of rows whose files disappeared
-    moves: list[tuple[int, str, str | None, int]] = field(default_factory=list)  # (id, new path, label, mtime_ns)
-    touches: list[tuple[int, int]] = field(default_factory=list)  # (id, mtime_ns): same bytes, new mtime
-    unchanged: int = 0
-    still_bad: list[Skipped] = field(default_factory=list)  # known failures, file unchanged
-    unstatable: list[Skipped] = field(default_factory=list)
-    vanished_bad: list[str] = field(default_factory=list)  # skipped entries whose files disappeared
-    indexed: int = 0  # rows under the root before this run
-    # files whose bytes the index already has a vector for (a tombstone, or a row elsewhere):
-    # (path, relative, bytes, mtime_ns, content hash, stored vector)
-    restores: list[tuple[Path, str, int, int, str, Known]] = field(default_factory=list)
-
-
-# A run may remove at most this share of a root's rows, or fewer than REMOVAL_GUARD_MIN of them,
-# without allow_removal (see _check_removals).
-REMOVAL_GUARD_SHARE = 0.5
-REMOVAL_GUARD_MIN = 50
-
-
-def _check_removals(root: Path, plan: _Plan) -> None:
-    """Refuse, before anything changes, a run that would remove every row of a root, or more
-    than half of them and at least ``REMOVAL_GUARD_MIN``: an unmounted drive or a wrong path
-    leaves an empty folder, a half-finished copy a half-empty one, and either would throw away
-    hours of embedding. Ordinary deletions (a few files, or most of a small folder) pass."""
-    gone, total = len(plan.gone), plan.indexed
-    if not gone or not (gone == total or (gone > REMOVAL_GUARD_SHARE * total and gone >= REMOVAL_GUARD_MIN)):
-        return
-    found = "is empty" if gone == total and not (plan.todo or plan.unchanged or plan.moves or plan.touches or plan.restores) \
-        else f"lacks {gone} of its {total} indexed images"
-    raise RemovalRefusedError(
-        f"{root} {found}; refusing to remove {gone} of {total} images from the index (is a drive unmounted "
-        "or the path wrong?); nothing was changed: check the folder, or pass --allow-removal to remove "
-        "them (--no-prune keeps them)")
-
-
-def _plan(root: Path, store, prune: bool) -> _Plan:
-    key = str(root)
-    existing = store.rows_under(key)
-    known_bad = {s.path: s for s in store.skipped(key)}
-    plan, seen = _Plan(indexed=len(existing)), set()
-    for path in iter_images(root):
-        rel = path.relative_to(root).as_posix()
-        seen.add(rel)
-        try:
-            st = path.stat()
-        except OSError as e:
-            plan.unstatable.append(Skipped(key, rel, f"cannot stat file: {e.strerror or e}", 0, 0))
-            continue
-        stamp = (st.st_size, st.st_mtime_ns)
-        row, bad = existing.get(rel), known_bad.get(rel)
-        if row is not None and (row.bytes, row.mtime_ns) == stamp:
-            plan.unchanged += 1
-        elif bad is not None and (bad.bytes, bad.mtime_ns) == stamp:
-            plan.still_bad.append(bad)
-        else:
-            if row is not None:
-                plan.replaces[rel] = row.id
-            plan.todo.append((path, rel, *stamp))
-    gone = {rel: row for rel, row in existing.items() if rel not in seen}
-    _confirm_by_hash(plan, existing, gone)
-    _restore_by_hash(plan, store)
-    if prune:
-        plan.gone = [row.id for row in gone.values()]
-    plan.vanished_bad = [p for p in known_bad if p not in seen]
-    return plan
-
-
-def _file_hash(path: Path) -> str | None:
-    try:
-        return content_hash(path.read_bytes())
-    except OSError:
-        return None
-
-
-def _confirm_by_hash(plan: _Plan, existing: dict, gone: dict) -> None:
-    """Take out of ``plan.todo`` what needs no embedding: files whose mtime changed but whose bytes
-    did not (touched), and new paths holding the bytes of a vanished row (moved or renamed).
-    Only files that may match are read, and reading is far cheaper than decoding."""
-    by_content: dict[tuple[str, int], list] = {}
-    for row in gone.values():
-        by_content.setdefault((row.hash, row.bytes), []).append(row)
-    gone_sizes = {size for _, size in by_content}  # only a file of such a size can be a moved one
-    todo = []
-    for item in plan.todo:
-        path, rel, size, mtime = item
-        row = existing.get(rel)
-        if row is not None and row.bytes == size and _file_hash(path) == row.hash:
-            plan.touches.append((row.id, mtime))
-            plan.replaces.pop(rel, None)
-            continue
-        if row is None and size in gone_sizes:
-            matches = by_content.get((_file_hash(path), size))
-            if matches:
-                old = matches.pop()
-                gone.pop(old.path)
-                plan.moves.append((old.id, rel, _label_of(rel), mtime))
-                continue
-        todo.append(item)
-    plan.todo = todo
-
-
-def _restore_by_hash(plan: _Plan, store) -> None:
-    """Take out of ``plan.todo`` the files whose bytes the index already holds a vector for: a
-    tombstone (a file that vanished, from this root or another, and came back) or a live row
-    (the same file under another root, or a copy). Only files of a stored size are read."""
-    if not plan.todo:
-        return
-    sizes = store.content_sizes()
-    taken: dict[tuple[str, int], Known] = {}
-    todo = []
-    for item in plan.todo:
-        path, rel, size, mtime = item
-        digest = _file_hash(path) if size in sizes else None
-        known = None
-        if digest is not None:
-            key = (digest, size)
-            if key in taken:  # a second copy of restored bytes: reuse the vector, the tombstone is taken
-                known = replace(taken[key], tombstone=None)
-            else:
-                known = taken[key] = store.known(digest, size)
-        if known is None:
-            todo.append(item)
-        else:
-            plan.restores.append((path, rel, size, mtime, digest, known))
-    plan.todo = todo
-
-
 def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingModel | None" = None, *,
                  batch_size: int = 32, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  prune: bool = True, commit_every: int = 256, index_type: str | None = None,
@@ -298,21 +160,20 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
 
     Files whose size and mtime match the stored row are not read again; changed files are
     re-embedded; rows of files that disappeared are removed when ``prune``, unless that would
-    remove all of the folder's rows or most of them (:func:`_check_removals`): then
+    remove all of the folder's rows or most of them (:func:`planner.check_removals`): then
     :class:`RemovalRefusedError` is raised before anything changes, unless ``allow_removal``.
-    Undecodable files
-    are recorded as skipped with a reason, and not retried until they change. Work is committed
-    every ``commit_every`` images, so an interrupted run keeps what it had committed, and the
-    FAISS file is re-published every ``publish_every_s`` seconds for concurrent readers (less
-    often where publishing takes long, as for a large ``ondisk`` index: at most a tenth of the run).
-    Files whose mtime changed but whose content did not are not re-embedded, and a file moved or
-    renamed within the folder keeps its vector. A decode that takes longer than
-    ``decode_timeout`` seconds is abandoned and the file skipped. Only one process writes to an
-    index at a time: :class:`IndexLockedError` names the holder, unless ``wait``.
-    ``index_type`` (auto|flat|hnsw|ivfpq or a FAISS factory string) changes the index's type;
-    None keeps it (``auto`` for a new index). An approximate index measures its Recall@10 on its
-    own vectors and tunes its search parameters to ``target_recall`` (None keeps the index's own,
-    0.95 for a new index; see :mod:`imgembed.recall`).
+    Undecodable files are recorded as skipped with a reason, and not retried until they change.
+    Work is committed every ``commit_every`` images, so an interrupted run keeps what it had
+    committed, and the FAISS file is re-published every ``publish_every_s`` seconds for
+    concurrent readers (:class:`ChunkWriter`). Files whose mtime changed but whose content did
+    not are not re-embedded, and a file moved or renamed keeps its vector (:mod:`planner`). A
+    decode that takes longer than ``decode_timeout`` seconds is abandoned and the file skipped.
+    Only one process writes to an index at a time: :class:`IndexLockedError` names the holder,
+    unless ``wait``. ``index_type`` (auto|flat|hnsw|ivfpq|ondisk or a FAISS factory string)
+    changes the index's type; None keeps it (``auto`` for a new index). An approximate index
+    measures its Recall@10 on its own vectors and tunes its search parameters to
+    ``target_recall`` (None keeps the index's own, 0.95 for a new index; see
+    :mod:`imgembed.index.recall`).
 
     Without ``model``, an existing index embeds with the model that built it (under ``runtime``
     and ``precision``, as :func:`load_model`), loaded only when there is something to embed: a
@@ -328,12 +189,11 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
         raise InputError(f"engine must be one of {'|'.join(ENGINES)}, not {engine!r}")
     if not Path(folder).is_dir():
         raise InputError(f"not a folder: {folder}")
+    root = Path(folder).resolve()
     if engine == "ray":
         from .ray_engine import require
 
         require()  # fail before any work when Ray is not installed
-    root = Path(folder).resolve()
-    if engine == "ray":
         runtime = "torch"
         if model is not None and model.runtime != "torch":
             model = load_model(model.source["model"], model.source["weights"], precision, runtime="torch")
@@ -343,77 +203,28 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     identity, source = (model.identity, model.source) if model is not None else (None, None)
     with ImageIndex.open_for_write(index_dir, identity, source, index_type, wait=wait,
                                    target_recall=target_recall) as idx:
-        plan = _plan(root, idx.store, prune)
+        store = idx.store
+        plan = planner.plan(str(root), planner.scan(root), store.rows_under(str(root)),
+                            {s.path: s for s in store.skipped(str(root))}, prune=prune,
+                            known=store.known, stored_sizes=store.content_sizes)
         if not allow_removal:
-            _check_removals(root, plan)
+            planner.check_removals(root, plan)
         if model is None and plan.todo:  # the index's own model, only now that it is needed
             model = _own_model(index_dir, idx.manifest, precision, runtime)
-        idx.store.forget_skipped(str(root), plan.vanished_bad)
-        idx.store.drop_tombstones(expired_only=True)
-        restored = [NewImage(str(root), rel, _label_of(rel), size, mtime, digest, k.width, k.height, k.vector, k.phash)
-                    for _, rel, size, mtime, digest, k in plan.restores]
-        replaced = [plan.replaces.pop(r.path) for r in restored if r.path in plan.replaces]
-        idx.commit(vanish=plan.gone, remove=replaced, skipped=plan.unstatable, moves=plan.moves, touches=plan.touches,
-                   add=restored, restored=[k.tombstone for *_, k in plan.restores if k.tombstone is not None])
-        report.unchanged, report.removed = plan.unchanged + len(plan.touches), len(plan.gone)
-        report.moved, report.restored = len(plan.moves), len(restored)
-        report.skipped = [(s.full_path, s.reason) for s in plan.still_bad + plan.unstatable]
-
-        add: list[NewImage] = []
-        bad: list[Skipped] = []
-        remove: list[int] = []
-
-        published, publish_cost = time.monotonic(), 0.0
-
-        def flush() -> None:
-            # Publishing a large ondisk index rewrites its lists: never spend over a tenth of
-            # the run on it.
-            nonlocal published, publish_cost
-            idx.commit(remove=remove, add=add, skipped=bad)
-            add.clear(), bad.clear(), remove.clear()
-            if time.monotonic() - published > max(publish_every_s, 10 * publish_cost):
-                start = time.monotonic()
-                idx.save()
-                published = time.monotonic()
-                publish_cost = published - start
-
+        _apply_without_embedding(idx, str(root), plan, report)
         try:
-            done = 0
-            paths = [t[0] for t in plan.todo]
-            if not paths:
-                batches = iter(())
-            elif engine == "ray":
-                from .ray_engine import embed_files
-
-                batches = embed_files(model, paths, address=ray_address, batch_size=batch_size, actors=ray_actors,
-                                      max_pixels=max_pixels, decode_timeout=decode_timeout)
-            else:
-                from .embed import embed_files
-
-                batches = embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                                      decode_timeout=decode_timeout)
-            for batch in batches:
-                for pos, info, vector in zip(batch.ok, batch.info, batch.vectors):
-                    path, rel, size, mtime = plan.todo[pos]
-                    add.append(NewImage(str(root), rel, _label_of(rel), size, mtime, info.hash,
-                                        info.width, info.height, vector, info.phash))
-                    if rel in plan.replaces:  # a changed file: its old row goes in the same commit
-                        remove.append(plan.replaces[rel])
-                        report.updated += 1
-                    else:
-                        report.added += 1
-                for pos, reason in batch.failed:
-                    path, rel, size, mtime = plan.todo[pos]
-                    bad.append(Skipped(str(root), rel, reason, size, mtime))
-                    report.skipped.append((str(path), reason))
-                    if rel in plan.replaces:
-                        remove.append(plan.replaces[rel])
-                if len(add) + len(bad) >= commit_every:
-                    flush()
-                done += len(batch.ok) + len(batch.failed)
-                if progress:
-                    progress(done, len(plan.todo))
-            flush()
+            if plan.todo:
+                writer = ChunkWriter(idx, commit_every=commit_every, publish_every_s=publish_every_s)
+                batches = _embed_batches(engine, model, [f.path for f in plan.todo], batch_size=batch_size,
+                                         workers=workers, max_pixels=max_pixels, decode_timeout=decode_timeout,
+                                         ray_address=ray_address, ray_actors=ray_actors)
+                done = 0
+                for batch in batches:
+                    _record(batch, str(root), plan, writer, report)
+                    done += len(batch.ok) + len(batch.failed)
+                    if progress:
+                        progress(done, len(plan.todo))
+                writer.flush()
         finally:
             # Whatever was committed to SQLite is in the in-memory FAISS index too: save it so
             # readers see a consistent index even after an interruption.
@@ -422,6 +233,56 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     report.skipped.sort()
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _apply_without_embedding(idx: ImageIndex, root: str, plan: planner.Plan, report: IndexReport) -> None:
+    """Commit, in one transaction, every part of ``plan`` that needs no model: vanished rows,
+    moves, touches, restored vectors, files that cannot be stat'ed; and count them."""
+    idx.store.forget_skipped(root, plan.vanished_bad)
+    idx.store.drop_tombstones(expired_only=True)
+    restored = [NewImage(root, r.file.relative, planner.label_of(r.file.relative), r.file.size, r.file.mtime_ns,
+                         r.digest, r.known.width, r.known.height, r.known.vector, r.known.phash)
+                for r in plan.restores]
+    replaced = [plan.replaces.pop(r.path) for r in restored if r.path in plan.replaces]
+    idx.commit(vanish=plan.gone, remove=replaced, skipped=plan.unstatable,
+               moves=[(m.id, m.relative, m.label, m.mtime_ns) for m in plan.moves],
+               touches=[(t.id, t.mtime_ns) for t in plan.touches], add=restored,
+               restored=[r.known.tombstone for r in plan.restores if r.known.tombstone is not None])
+    report.unchanged, report.removed = plan.unchanged + len(plan.touches), len(plan.gone)
+    report.moved, report.restored = len(plan.moves), len(restored)
+    report.skipped = [(s.full_path, s.reason) for s in plan.still_bad + plan.unstatable]
+
+
+def _embed_batches(engine: str, model, paths: list[Path], *, batch_size: int, workers: int | None,
+                   max_pixels: int, decode_timeout: float, ray_address: str | None, ray_actors: int | None):
+    """Embedded batches (:class:`imgembed.embed.Batch`) of ``paths``, in order, from the chosen engine."""
+    if engine == "ray":
+        from .ray_engine import embed_files
+
+        return embed_files(model, paths, address=ray_address, batch_size=batch_size, actors=ray_actors,
+                           max_pixels=max_pixels, decode_timeout=decode_timeout)
+    from .embed import embed_files
+
+    return embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                       decode_timeout=decode_timeout)
+
+
+def _record(batch, root: str, plan: planner.Plan, writer: ChunkWriter, report: IndexReport) -> None:
+    """Queue a batch's vectors and failures for the next commit; a changed file's old row goes
+    in the same commit as its new one."""
+    for pos, info, vector in zip(batch.ok, batch.info, batch.vectors):
+        f = plan.todo[pos]
+        replaces = plan.replaces.get(f.relative)
+        writer.add(NewImage(root, f.relative, planner.label_of(f.relative), f.size, f.mtime_ns, info.hash,
+                            info.width, info.height, vector, info.phash), replaces=replaces)
+        if replaces is None:
+            report.added += 1
+        else:
+            report.updated += 1
+    for pos, reason in batch.failed:
+        f = plan.todo[pos]
+        writer.skip(Skipped(root, f.relative, reason, f.size, f.mtime_ns), replaces=plan.replaces.get(f.relative))
+        report.skipped.append((str(f.path), reason))
 
 
 # -- querying --------------------------------------------------------------------------------
@@ -549,7 +410,7 @@ def remove_paths(index_dir: str | Path, paths: Sequence[str | Path], *, wait: bo
     """Drop the entries of files, or of everything under folders, from the index.
 
     Paths are matched by their absolute form; the files need not exist any more. The rows leave
-    tombstones (:data:`~imgembed.store.TOMBSTONE_DAYS`), so indexing the same bytes again
+    tombstones (:data:`~imgembed.index.store.TOMBSTONE_DAYS`), so indexing the same bytes again
     restores their vectors; :func:`drop_tombstones` forgets them now. Returns
     ``{"removed": images, "forgotten_skipped": skipped entries}``.
     """
@@ -567,7 +428,7 @@ def remove_paths(index_dir: str | Path, paths: Sequence[str | Path], *, wait: bo
 
 def drop_tombstones(index_dir: str | Path, *, wait: bool = False) -> int:
     """Forget the vectors kept for removed files now, instead of after
-    :data:`~imgembed.store.TOMBSTONE_DAYS`; return how many. (SQLite reuses the space; the
+    :data:`~imgembed.index.store.TOMBSTONE_DAYS`; return how many. (SQLite reuses the space; the
     file itself does not shrink.)"""
     with ImageIndex.open_for_write(index_dir, None, wait=wait) as idx:
         return idx.store.drop_tombstones()
@@ -664,7 +525,7 @@ def check_index(index_dir: str | Path, *, repair: bool = False, wait: bool = Fal
 def rebuild_index(index_dir: str | Path, index_type: str | None = None, *, target_recall: float | None = None,
                   wait: bool = False) -> dict:
     """Rebuild the FAISS file from the stored vectors, optionally as another index type (an
-    approximate one tuned to ``target_recall``, see :mod:`imgembed.recall`).
+    approximate one tuned to ``target_recall``, see :mod:`imgembed.index.recall`).
 
     Returns the new ``manifest["faiss"]`` entry, with the ``recall`` check where there is one.
     Needs no model.

@@ -365,7 +365,7 @@ def info(index_dir, as_json):
 
 
 def _recall_line(check: dict) -> str:
-    from .recall import RecallCheck
+    from .index.recall import RecallCheck
 
     return RecallCheck.from_dict(check).describe()
 

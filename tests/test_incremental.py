@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from conftest import SAMPLES, run_cli, run_json
-from imgembed import vectors
+from imgembed.index import vectors
 from imgembed.api import check_index, index_folder, remove_paths
 from imgembed.errors import IndexLockedError, RemovalRefusedError
 from imgembed.index import FAISS_FILE, ImageIndex
-from imgembed.lock import WriterLock
+from imgembed.index.lock import WriterLock
 
 
 def copy_classes(dest, *labels):

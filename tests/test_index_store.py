@@ -7,10 +7,10 @@ import sqlite3
 import numpy as np
 import pytest
 
-from imgembed import vectors
+from imgembed.index import vectors
 from imgembed.errors import (IndexCorruptError, IndexNotFoundError, IndexVersionError, ModelMismatchError)
 from imgembed.index import DATABASE, FAISS_FILE, MANIFEST, ImageIndex
-from imgembed.store import NewImage, Skipped
+from imgembed.index.store import NewImage, Skipped
 
 IDENTITY = {"backbone": "toy", "weights": "none:seed0", "head": None, "checkpoint": None, "dim": 8,
             "preprocess": {"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1], "interpolation": "bilinear"}}

@@ -19,7 +19,7 @@ from conftest import SAMPLES, run_json
 from test_index_store import IDENTITY, SOURCE
 from test_vectors import DIM, clustered, rows
 
-from imgembed import vectors
+from imgembed.index import vectors
 from imgembed.api import check_index, index_info, rebuild_index
 from imgembed.errors import InputError
 from imgembed.index import ImageIndex
@@ -139,7 +139,7 @@ def test_writer_killed_mid_save_leaves_a_readable_index(built, where):
         import numpy as np
         import faiss
         sys.path[:0] = {[str(Path(__file__).parent)]!r}
-        from imgembed import vectors
+        from imgembed.index import vectors
         from imgembed.index import ImageIndex
         from test_vectors import rows
         from test_ondisk import IDENT
@@ -165,7 +165,7 @@ def test_writer_killed_mid_save_leaves_a_readable_index(built, where):
         # SQLite committed the new rows, the FAISS pair is the old one: the reader says so, keeps
         # the mapped file (no rebuild in RAM) and adds the 300 rows it lacks to lists in RAM.
         assert idx.problem and "3000 vectors" in idx.problem
-        assert vectors.is_ondisk(idx.faiss) and idx.faiss.ntotal == 3000 and idx._added.ntotal == 300
+        assert vectors.is_ondisk(idx.faiss) and idx.faiss.ntotal == 3000 and idx.vectors.added.ntotal == 300
         assert len(idx) == 3300 and list(top1(idx, more[:20])) == list(range(3001, 3021))  # each finds itself
     with ImageIndex.open_for_write(directory, IDENT):  # a writer repairs and cleans up
         pass
@@ -195,7 +195,7 @@ BIG_DIM, BIG_UNIQUE, BIG_COPIES, NLIST = 1024, 25_000, 16, 16  # 400,000 x 1,032
 SEARCHER = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from imgembed import vectors
+    from imgembed.index import vectors
 
     path, nprobe = sys.argv[1], int(sys.argv[2])
     queries = np.load(sys.argv[3])

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, run_json
-from imgembed import recall
+from imgembed.index import recall
 from imgembed.index import ImageIndex
-from imgembed.store import NewImage
+from imgembed.index.store import NewImage
 
 DIM = 32
 

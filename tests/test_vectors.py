@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from imgembed import vectors
+from imgembed.index import vectors
 from imgembed.index import ImageIndex
-from imgembed.store import NewImage
+from imgembed.index.store import NewImage
 from test_index_store import IDENTITY, SOURCE
 
 DIM = 64

@@ -9,7 +9,7 @@ from PIL import Image, ImageEnhance
 from conftest import SAMPLES, run_json
 from imgembed.api import find_duplicates, index_folder
 from imgembed.images import hash_distance, perceptual_hash
-from imgembed.store import MetadataStore
+from imgembed.index.store import MetadataStore
 
 # One drawing per family; none of these is a near-copy of another sample drawing.
 ORIGINALS = ["birds/rooster_01.png", "bugs/ladybug_01.png", "fish/dolphin.png", "fruit/banana.png",

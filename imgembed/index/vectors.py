@@ -60,8 +60,8 @@ from typing import Callable, Iterable, Sequence
 import faiss
 import numpy as np
 
-from .errors import IndexCorruptError, InputError
-from .files import atomic_path
+from ..errors import IndexCorruptError, InputError
+from ..files import atomic_path
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq", "ondisk")
 ONDISK_MIN_NPROBE = 32

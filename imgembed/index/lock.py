@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import IndexLockedError
+from ..errors import IndexLockedError
 
 LOCK_FILE = "writer.lock"
 

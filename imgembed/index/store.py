@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .errors import IndexCorruptError, IndexVersionError
+from ..errors import IndexCorruptError, IndexVersionError
 
 SCHEMA_VERSION = 1
 
