@@ -16,6 +16,9 @@ MINERS = ("batch-hard", "semi-hard", "all")  # see imgembed.losses
 HEADS = ("blend", "mlp", "linear")
 LOSSES = ("triplet", "contrastive")
 SPLITS = ("images", "classes")
+DUPLICATE_ACTIONS = ("move", "link", "trash")  # see imgembed.tidy
+KEEP_RULES = ("resolution", "size", "oldest", "newest")  # which copy of a duplicate group stays
+DEFAULT_KEEP = ("resolution", "size", "oldest")
 
 
 @dataclass

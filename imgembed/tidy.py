@@ -27,13 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .config import DEFAULT_KEEP, DUPLICATE_ACTIONS as ACTIONS, KEEP_RULES
 from .errors import InputError
 from .files import atomic_path, content_hash
 
-ACTIONS = ("move", "link", "trash")
 TRASH = ".imgembed-trash"
-KEEP_RULES = ("resolution", "size", "oldest", "newest")
-DEFAULT_KEEP = ("resolution", "size", "oldest")
 JOURNAL_VERSION = 1
 
 

@@ -193,17 +193,17 @@ class ImageIndex:
     # -- writing -------------------------------------------------------------------------
 
     def commit(self, *, remove=(), add: list[NewImage] = (), skipped: list[Skipped] = (), moves=(),
-               touches=(), vanish=(), restored=()) -> list[int]:
+               touches=(), vanish=(), restored=(), relocations=()) -> list[int]:
         """Apply a chunk to SQLite (one transaction), then to the vectors in memory.
 
-        ``moves`` ``(id, path, label, mtime_ns)`` and ``touches`` ``(id, mtime_ns)`` change only
-        metadata: the vectors stay. ``vanish`` removes rows but keeps tombstones of them, and
+        ``moves`` ``(id, path, label, mtime_ns)``, ``relocations`` ``(id, root, path, label,
+        mtime_ns)`` and ``touches`` ``(id, mtime_ns)`` change only metadata: the vectors stay. ``vanish`` removes rows but keeps tombstones of them, and
         ``restored`` names the tombstones that rows in ``add`` bring back
         (:meth:`MetadataStore.commit`).
         """
         remove, vanish = list(remove), list(vanish)
         ids = self.store.commit(remove=remove, add=add, skipped=skipped, moves=moves, touches=touches,
-                                vanish=vanish, restored=restored)
+                                vanish=vanish, restored=restored, relocations=relocations)
         if remove or vanish:
             self.vectors.remove(remove + vanish)
         if add:

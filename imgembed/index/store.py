@@ -256,6 +256,21 @@ class MetadataStore:
         q = "SELECT DISTINCT bytes FROM images" + (" UNION SELECT bytes FROM removed" if self.has_tombstones else "")
         return {r[0] for r in self.db.execute(q)}
 
+    def row_at(self, root: str, path: str) -> ImageRow | None:
+        r = self.db.execute(f"SELECT {self._row_cols} FROM images WHERE root = ? AND path = ?",
+                            (to_db(root), to_db(path))).fetchone()
+        return _row(r) if r else None
+
+    def same_content(self) -> list[list[ImageRow]]:
+        """Rows that share their bytes (content hash and size) with another row, grouped."""
+        q = (f"SELECT {self._row_cols} FROM images WHERE (hash, bytes) IN (SELECT hash, bytes FROM images "
+             "WHERE hash != '' GROUP BY hash, bytes HAVING COUNT(*) > 1) ORDER BY hash, bytes, root, path")
+        groups: dict[tuple[str, int], list[ImageRow]] = {}
+        for r in self.db.execute(q):
+            row = _row(r)
+            groups.setdefault((row.hash, row.bytes), []).append(row)
+        return list(groups.values())
+
     def known(self, digest: str, size: int) -> Known | None:
         """A stored vector for this content: a tombstone first (restoring it; none older than
         TOMBSTONE_DAYS), else a live row."""
@@ -293,8 +308,13 @@ class MetadataStore:
 
     def commit(self, *, remove: Iterable[int] = (), add: Iterable[NewImage] = (),
                skipped: Iterable[Skipped] = (), moves: Iterable[tuple] = (), touches: Iterable[tuple] = (),
-               vanish: Iterable[int] = (), restored: Iterable[int] = ()) -> list[int]:
+               vanish: Iterable[int] = (), restored: Iterable[int] = (),
+               relocations: Iterable[tuple] = ()) -> list[int]:
         """Apply one chunk of changes in a single transaction; return the new rows' ids.
+
+        ``moves`` ``(id, path, label, mtime_ns)`` change a row's path within its root,
+        ``relocations`` ``(id, root, path, label, mtime_ns)`` move it to another root, ``touches``
+        ``(id, mtime_ns)`` only its mtime: the vector stays in all three.
 
         A path that is added stops being "skipped"; a skipped path loses no other row here,
         so callers pass the ids of rows a skipped file replaces in ``remove``. Rows in ``vanish``
@@ -322,6 +342,9 @@ class MetadataStore:
             self.db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in remove])
             self.db.executemany("UPDATE images SET path = ?, label = ?, mtime_ns = ? WHERE id = ?",
                                 [(to_db(path), to_db(label), mtime, int(i)) for i, path, label, mtime in moves])
+            self.db.executemany("UPDATE images SET root = ?, path = ?, label = ?, mtime_ns = ? WHERE id = ?",
+                                [(to_db(root), to_db(path), to_db(label), mtime, int(i))
+                                 for i, root, path, label, mtime in relocations])
             self.db.executemany("UPDATE images SET mtime_ns = ? WHERE id = ?", [(m, int(i)) for i, m in touches])
             for im in add:
                 root, path = to_db(im.root), to_db(im.path)
