@@ -1,6 +1,7 @@
 """Reading any common image file as an upright 8-bit RGB PIL image.
 
-Handles JPEG, PNG, WebP, BMP, GIF (first frame) and TIFF; applies EXIF orientation,
+Handles JPEG, PNG, WebP, BMP, GIF (first frame), TIFF, and through :mod:`imgembed.formats`
+HEIC/HEIF, AVIF and the previews embedded in RAW camera files; applies EXIF orientation,
 composites transparency onto white, converts palette, greyscale, CMYK and 16-bit images, and
 decodes large JPEGs at reduced size (PIL draft mode) when the caller only needs ``min_side``
 pixels on the short side. Every failure becomes an :class:`ImageLoadError` with a short reason.
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import formats
 from .errors import ImageLoadError
 from .files import content_hash
 
@@ -48,7 +50,8 @@ def read_image(path: str | Path, *, min_side: int | None = None,
         raise ImageLoadError(f"cannot read file: {e.strerror or e}") from None
     if not data:
         raise ImageLoadError("empty file")
-    image, width, height = decode_image(data, min_side=min_side, max_pixels=max_pixels)
+    image, width, height = decode_image(data, min_side=min_side, max_pixels=max_pixels,
+                                        raw=formats.is_raw(Path(path).suffix))
     return LoadedImage(image, width, height, content_hash(data))
 
 
@@ -93,15 +96,20 @@ def load_for_model(path: str | Path, *, min_side: int | None, max_pixels: int = 
         raise ImageLoadError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 
-def decode_image(data: bytes, *, min_side: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int, int]:
-    """Decode bytes to ``(rgb_image, stored_width, stored_height)``."""
+def decode_image(data: bytes, *, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 raw: bool = False) -> tuple[Image.Image, int, int]:
+    """Decode bytes to ``(rgb_image, stored_width, stored_height)``; ``raw``: a RAW camera file,
+    read through its embedded preview."""
     try:
         with warnings.catch_warnings():
             # We apply our own pixel cap, with a message that names the flag.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
-                img = Image.open(io.BytesIO(data))
+                if raw:
+                    img = formats.raw_preview(data)
+                else:
+                    formats.prepare(data)
+                    img = Image.open(io.BytesIO(data))
             except Image.DecompressionBombError as e:
                 # PIL refuses over twice its own limit before we see the size; its message
                 # carries the pixel count. Within our cap, open again without PIL's check.
