@@ -390,6 +390,41 @@ class Searcher:
         hits = self.search_vectors(self.embed(queries), k)
         return [QueryResult(_name(q), h) for q, h in zip(queries, hits)]
 
+    def search_combined(self, positives: Sequence[Query], negatives: Sequence[Query] = (), k: int = 10, *,
+                        weight: float = knn.NEGATIVE_WEIGHT, vectors: np.ndarray | None = None,
+                        negative_vectors: np.ndarray | None = None,
+                        exclude: Sequence[tuple[int, int]] = ()) -> list[Hit]:
+        """The ``k`` best hits for one query combined from examples and counter-examples
+        (:func:`knn.combine`): images, or vectors already embedded (``vectors``,
+        ``negative_vectors``). The examples themselves are left out of the hits: paths among the
+        queries, and ``exclude`` as ``(index, row id)`` pairs."""
+        pos = [self.embed(positives)] if positives else []
+        neg = [self.embed(negatives)] if negatives else []
+        pos += [vectors] if vectors is not None and len(vectors) else []
+        neg += [negative_vectors] if negative_vectors is not None and len(negative_vectors) else []
+        if not pos:
+            raise InputError("a combined query needs at least one example image")
+        query = knn.combine(np.concatenate(pos), np.concatenate(neg) if neg else (), weight)
+        paths = {os.path.abspath(q) for q in [*positives, *negatives] if not isinstance(q, Image.Image)}
+        skip = set(exclude)
+        wanted = k + len(paths) + len(skip)
+        hits = [h for h in self.search_vectors(query[None], wanted)[0]
+                if h.row.full_path not in paths and (h.source, h.row.id) not in skip][:k]
+        return [replace(h, rank=rank) for rank, h in enumerate(hits, 1)]
+
+    def refresh(self) -> None:
+        """Reopen the indexes, to see what a writer (this process's or another's) changed."""
+        fresh = []
+        try:
+            for idx in self.indexes:
+                fresh.append(ImageIndex.open(idx.directory, self.model.identity))
+        except BaseException:
+            for idx in fresh:
+                idx.close()
+            raise
+        self.close()
+        self.indexes = fresh
+
     def classify(self, queries: Sequence[Query], k: int = 5) -> list[Classification]:
         if all(label is None for idx in self.indexes for label in idx.store.labels()):
             raise NoLabelsError(f"{self.index.directory}: the index has no labels (all images sit at "
@@ -523,10 +558,6 @@ class ActionReport:
                 "failed": [{**one(a), "reason": reason} for a, reason in self.failed]}
 
 
-def _member(row) -> tidy.Member:
-    return tidy.Member(row.id, row.root, row.path, row.width, row.height, row.bytes, row.mtime_ns, row.hash)
-
-
 def act_on_duplicates(index_dir: str | Path, groups: Sequence[DuplicateGroup], op: str, *,
                       move_to: str | Path | None = None, keep: Sequence[str] = tidy.DEFAULT_KEEP,
                       prefer: Sequence[str] = (), dry_run: bool = False, wait: bool = False) -> ActionReport:
@@ -540,7 +571,7 @@ def act_on_duplicates(index_dir: str | Path, groups: Sequence[DuplicateGroup], o
     trashed one leaves the index (its vector kept as a tombstone), a linked one stays. With
     ``dry_run`` only the plan is returned.
     """
-    planned = tidy.plan([([_member(r) for r in g.rows], g.exact) for g in groups], op, move_to=move_to,
+    planned = tidy.plan([([tidy.Member.of(r) for r in g.rows], g.exact) for g in groups], op, move_to=move_to,
                         keep=keep, prefer=prefer)
     report = ActionReport(op, planned=[(k.full_path, actions) for k, actions in planned], dry_run=dry_run)
     if dry_run or not any(actions for _, actions in planned):

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import DEFAULT_KEEP, HEADS, LOSSES, MINERS, PRECISIONS, RUNTIMES, SPLITS, TrainConfig
+from .config import DEFAULT_KEEP, NEGATIVE_WEIGHT, HEADS, LOSSES, MINERS, PRECISIONS, RUNTIMES, SPLITS, TrainConfig
 from .errors import ImgembedError
 
 DEFAULT_INDEX = "indexes/default"
@@ -266,13 +266,27 @@ def index(folder, index_dir, model_name, weights, precision, runtime, batch_size
 @click.option("-k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Results per query.")
 @_model_options(None)
 @_max_pixels_option
+@click.option("--not", "negatives", multiple=True, type=click.Path(dir_okay=False),
+              help="A counter-example (repeatable): one query combined from every QUERY minus these.")
+@click.option("--combine", is_flag=True, help="Search once for what all QUERY images share (implied by --not).")
+@click.option("--not-weight", type=click.FloatRange(0, 2), default=NEGATIVE_WEIGHT, show_default=True,
+              help="How strongly counter-examples push results away.")
 @_html_options
 @_json_option
-def search(queries, index_dirs, k, model_name, weights, precision, runtime, max_pixels, html_file, open_page,
-           as_json):
-    """Find the indexed images most similar to each QUERY image."""
+def search(queries, index_dirs, k, negatives, combine, not_weight, model_name, weights, precision, runtime,
+           max_pixels, html_file, open_page, as_json):
+    """Find the indexed images most similar to each QUERY image; with --not or --combine, the
+    images most similar to all QUERY images together and least to the --not ones (the examples
+    themselves are left out)."""
+    from .api import QueryResult
+
     with _searcher(index_dirs, model_name, weights, precision, runtime, max_pixels) as searcher:
-        results = searcher.search(list(queries), k)
+        if negatives or combine:
+            name = " + ".join(queries) + "".join(f" - {n}" for n in negatives)
+            results = [QueryResult(name, searcher.search_combined(list(queries), list(negatives), k,
+                                                                  weight=not_weight))]
+        else:
+            results = searcher.search(list(queries), k)
     _write_page(html_file, lambda: _gallery().search_page(results), open_page)
     if as_json:
         _emit_json([r.to_dict() for r in results])
@@ -752,25 +766,32 @@ def undo(journal, index_dir, wait, as_json):
 @_indexes_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it to the network).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True, help="Requests served at once.")
 @click.option("--max-upload-mb", type=click.IntRange(1, 1024), default=25, show_default=True)
+@click.option("--thumbnail-cache", type=click.Path(file_okay=False),
+              help="Where thumbnails are kept between requests and runs [default: ~/.cache/imgembed/thumbnails].")
 @_precision_option
 @_runtime_option
-def serve(index_dirs, host, port, max_upload_mb, precision, runtime):
-    """A local web page (drop an image, see similar ones) and JSON API over the index."""
+def serve(index_dirs, host, port, threads, max_upload_mb, thumbnail_cache, precision, runtime):
+    """The collection in a web browser: browse it, open an image and its nearest neighbours,
+    search by examples and counter-examples, review and act on duplicates; and a JSON API."""
     try:
+        import waitress
+
         from .server import create_app
     except ImportError as e:
-        raise click.ClickException(f"serve needs Flask ({e.name} missing): pip install 'imgembed[serve]'") from None
+        raise click.ClickException(f"serve needs Flask and waitress ({e.name} missing): "
+                                   "pip install 'imgembed[serve]'") from None
     from .api import Searcher
 
     searcher = Searcher(list(index_dirs), precision=precision, runtime=runtime)
     for idx in searcher.indexes:
         _warn_problem(idx.problem, str(idx.directory))
-    app = create_app(searcher, max_upload_bytes=max_upload_mb * 1024 * 1024)
+    app = create_app(searcher, max_upload_bytes=max_upload_mb * 1024 * 1024,
+                     thumbnail_cache=Path(thumbnail_cache) if thumbnail_cache else None)
     click.echo(f"serving {', '.join(index_dirs)} ({len(searcher)} images) at http://{host}:{port}/  (Ctrl-C stops)",
                err=True)
-    # One thread: the model and the SQLite connection belong to this one; a query takes ~25 ms.
-    app.run(host=host, port=port, threaded=False, debug=False, load_dotenv=False)
+    waitress.serve(app, host=host, port=port, threads=threads, ident="imgembed", _quiet=True)
 
 
 @main.command()

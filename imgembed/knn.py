@@ -1,9 +1,13 @@
-"""k-nearest-neighbour label voting (numpy only)."""
+"""k-nearest-neighbour label voting, and queries combined from several examples (numpy only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
+import numpy as np
+
+from .config import NEGATIVE_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -41,3 +45,26 @@ def vote(labels: Sequence[str | None], scores: Sequence[float]) -> Vote:
     total = sum(weights.values())
     confidence = weights[best] / total if total > 0 else votes[best] / sum(votes.values())
     return Vote(best, confidence, votes, weights)
+
+
+
+
+def combine(positives, negatives=(), weight: float = NEGATIVE_WEIGHT):
+    """One query vector from examples and counter-examples (Rocchio's rule on unit vectors):
+    ``normalise(mean(positives) - weight * mean(negatives))``.
+
+    Ranking by the cosine with it ranks an image by its mean similarity to the examples minus
+    ``weight`` times its mean similarity to the counter-examples. ``weight`` 1 would also cancel
+    what examples and counter-examples share (often the collection's common look), which leaves
+    the query to their differences alone; 0.5 keeps half of it (bench/combined_queries.py).
+    ``positives`` is (p, d) with p >= 1, ``negatives`` (n, d); returns a (d,) float32 unit vector.
+    """
+    pos = np.asarray(positives, np.float32).reshape(-1, np.shape(positives)[-1])
+    if not len(pos):
+        raise ValueError("a combined query needs at least one example")
+    query = pos.mean(0)
+    neg = np.asarray(negatives, np.float32)
+    if neg.size:
+        query = query - weight * neg.reshape(-1, pos.shape[1]).mean(0)
+    norm = float(np.linalg.norm(query))
+    return (query / norm if norm > 0 else pos.mean(0)).astype(np.float32)

@@ -52,6 +52,11 @@ class Member:
     def full_path(self) -> str:
         return str(Path(self.root) / self.path)
 
+    @classmethod
+    def of(cls, row) -> "Member":
+        """From an index row (:class:`imgembed.index.store.ImageRow`)."""
+        return cls(row.id, row.root, row.path, row.width, row.height, row.bytes, row.mtime_ns, row.hash)
+
 
 @dataclass(frozen=True)
 class Action:

@@ -168,7 +168,7 @@ def test_files_outside_the_index_roots_are_refused(tmp_path):
 
 def test_an_action_interrupted_before_its_done_line_is_undone(planted):
     folder, index = planted
-    [(keeper, actions)] = tidy.plan([([api._member(r) for r in api.exact_duplicates(index)[0].rows], True)], "trash")
+    [(keeper, actions)] = tidy.plan([([tidy.Member.of(r) for r in api.exact_duplicates(index)[0].rows], True)], "trash")
     journal = tidy.Journal.create(index / api.JOURNALS, {"index": str(index), "op": "trash"})
     journal.announce(actions[0])
     tidy.perform(actions[0])  # then the process dies: no "done" line, the index not told

@@ -171,7 +171,8 @@ class MetadataStore:
         if not create and not self.path.is_file():
             raise IndexCorruptError(f"{self.path}: metadata database is missing")
         try:
-            self.db = sqlite3.connect(self.path, timeout=30)
+            # Shareable between threads (the web app's), which must not use it at the same time.
+            self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             if create:
@@ -255,6 +256,35 @@ class MetadataStore:
         can have a vector already."""
         q = "SELECT DISTINCT bytes FROM images" + (" UNION SELECT bytes FROM removed" if self.has_tombstones else "")
         return {r[0] for r in self.db.execute(q)}
+
+    def page(self, offset: int, limit: int, *, label: str | None = None, root: str | None = None,
+             folder: str = "") -> tuple[int, list[ImageRow]]:
+        """(how many rows match, ``limit`` of them from ``offset``), in (root, path) order: the
+        rows with ``label`` ("" for none), under ``root``, under its sub-folder ``folder``."""
+        where, args = [], []
+        if label is not None:
+            where.append("label IS ?" if label == "" else "label = ?")
+            args.append(None if label == "" else to_db(label))
+        if root is not None:
+            where.append("root = ?")
+            args.append(to_db(root))
+        if folder:
+            prefix = folder.strip("/") + "/"
+            where.append("substr(path, 1, ?) = ?")
+            args += [len(prefix), prefix]
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        total = self.db.execute(f"SELECT COUNT(*) FROM images{clause}", args).fetchone()[0]
+        rows = self.db.execute(f"SELECT {self._row_cols} FROM images{clause} ORDER BY root, path LIMIT ? OFFSET ?",
+                               [*args, int(limit), int(offset)])
+        return total, [_row(r) for r in rows]
+
+    def folders(self) -> dict[tuple[str, str], int]:
+        """Images per (root, top-level sub-folder) ("" for the root itself)."""
+        out: dict[tuple[str, str], int] = {}
+        for root, label, n in self.db.execute("SELECT root, label, COUNT(*) FROM images GROUP BY root, label"):
+            key = (from_db(root), (from_db(label) or "").split("/")[0])
+            out[key] = out.get(key, 0) + n
+        return out
 
     def row_at(self, root: str, path: str) -> ImageRow | None:
         r = self.db.execute(f"SELECT {self._row_cols} FROM images WHERE root = ? AND path = ?",
