@@ -1,13 +1,15 @@
 """`imgembed serve` under load: concurrent clients against the loopback address, errors and latency.
 
-    .venv/bin/python bench/serve_load.py [--index DIR] [--clients 20] [--seconds 20]
+    .venv/bin/python bench/serve_load.py [--index DIR | --synthetic 100000] [--clients 20] [--seconds 20]
 
 Starts the real `imgembed serve` on 127.0.0.1 twice, with ``--threads 8`` (the default) and with
 ``--threads 1`` (one request at a time, as the Flask server before it), and runs the same load
 against each: ``--clients`` threads, each looping for ``--seconds`` over what a person browsing
 does: a grid page, the thumbnails on it, an image's details with its neighbours, and a search by
 an uploaded image with a counter-example. Thumbnails are cached on disk; the first pass warms the
-cache, so the runs measure the warm path. Reported per run: requests, errors, requests/s, median
+cache, so the runs measure the warm path. ``--synthetic N`` serves an index of N images instead:
+hard links to the sample drawings in 100 folders, with the sample vectors plus noise (no model
+run), to see how pages, image pages and searches scale. Reported per run: requests, errors, requests/s, median
 and p95 latency per kind of request; then the ratios of the two runs. Only loopback traffic;
 every loop is bounded in time.
 """
@@ -137,21 +139,66 @@ def sample_index(directory: Path) -> Path:
     return index
 
 
+def synthetic_index(directory: Path, n: int) -> Path:
+    """N hard links to the sample images under 100 folders, indexed with noisy copies of their
+    vectors (committed directly: the same rows `imgembed index` writes, without embedding)."""
+    import numpy as np
+
+    from imgembed.api import embed, load_model
+    from imgembed.index import ImageIndex
+    from imgembed.index.store import NewImage
+
+    model = load_model()
+    photos = sorted((ROOT / "sample_images").rglob("*.png"))
+    real = embed(model, photos)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(photos), n)
+    noisy = real[picks] + rng.normal(0, 0.6 / np.sqrt(model.dim), (n, model.dim)).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    root, index = directory / "collection", directory / "big-index"
+    rows = []
+    for i, (j, v) in enumerate(zip(picks, noisy)):
+        rel = f"folder{i % 100:02d}/{i:07d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).hardlink_to(photos[j])
+        st = (root / rel).stat()
+        rows.append(NewImage(str(root), rel, rel.split("/")[0], st.st_size, st.st_mtime_ns, f"h{j}", 256, 256, v))
+    with ImageIndex.open_for_write(index, model.identity, model.source, "auto") as idx:
+        for start in range(0, n, 10_000):
+            idx.commit(add=rows[start:start + 10_000])
+        idx.save()
+    return index
+
+
+def page_latency(base: str, total: int) -> None:
+    """One client: a grid page at the start, the middle and the end of the collection."""
+    for offset in (0, total // 2, max(0, total - 60)):
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            urllib.request.urlopen(f"{base}api/images?offset={offset}&limit=60", timeout=60).read()
+            times.append(time.perf_counter() - start)
+        print(f"  page at offset {offset:>7}: median {1000 * statistics.median(times):.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, help="index to serve [default: sample_images/ indexed afresh]")
+    parser.add_argument("--synthetic", type=int, default=0, help="serve a synthetic index of this many images")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     query = (ROOT / "sample_queries" / "fish_altum_angelfish_01.png").read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
-        index = args.index or sample_index(Path(tmp))
+        index = args.index or (synthetic_index(Path(tmp), args.synthetic) if args.synthetic else sample_index(Path(tmp)))
         results = {}
         for threads in (8, 1):
             proc, base = start(index, threads, Path(tmp) / "thumbs")
             try:
                 load(base, query, clients=args.clients, seconds=min(5.0, args.seconds))  # warm the caches
                 results[threads] = load(base, query, clients=args.clients, seconds=args.seconds)
+                if threads == 8:
+                    page_latency(base, json.loads(urllib.request.urlopen(base + "api/info").read())["images"])
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)

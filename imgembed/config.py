@@ -19,7 +19,7 @@ SPLITS = ("images", "classes")
 DUPLICATE_ACTIONS = ("move", "link", "trash")  # see imgembed.tidy
 KEEP_RULES = ("resolution", "size", "oldest", "newest")  # which copy of a duplicate group stays
 DEFAULT_KEEP = ("resolution", "size", "oldest")
-NEGATIVE_WEIGHT = 0.5  # counter-examples' pull in a combined query (imgembed.knn.combine)
+NEGATIVE_WEIGHT = 0.25  # counter-examples' pull in a combined query (imgembed.knn.combine)
 
 
 @dataclass

@@ -16,7 +16,7 @@ JSON API (``source`` is which of several ``--index`` holds an image, 0 for the f
   "neighbours": [image + rank, score]}``: more like this, from the stored vector
 - ``POST /api/search``: examples as multipart files ``image`` (repeatable) and indexed images
   ``positive=SOURCE:ID`` (repeatable), counter-examples as files ``negative`` and fields
-  ``negative_id=SOURCE:ID``, optional ``k`` (12) and ``weight`` (0.5): one query combined by
+  ``negative_id=SOURCE:ID``, optional ``k`` (12) and ``weight`` (0.25): one query combined by
   :func:`imgembed.knn.combine`, indexed examples left out of the results -> ``{"results":
   [image + rank, score], "classification": vote | null}``
 - ``POST /api/classify`` (``image``, optional ``k``, default 5) -> ``{"label", "confidence", "votes"}``
@@ -37,6 +37,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from flask import Flask, jsonify, request, send_file
 from PIL import Image
 
@@ -130,9 +131,7 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             out.append((source_of(source), int(row_id)))
         return out
 
-    def stored_vectors(pairs: list[tuple[int, int]]):
-        import numpy as np
-
+    def stored_vectors(pairs: list[tuple[int, int]]) -> np.ndarray | None:
         out = []
         for source, row_id in pairs:
             found = searcher.indexes[source].store.vectors_by_id([row_id])
@@ -239,8 +238,6 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         up = searcher.embed(uploads) if uploads else None
         down = searcher.embed(counter) if counter else None
         with lock:
-            import numpy as np
-
             stored, stored_neg = stored_vectors(positive), stored_vectors(negative)
             pos = [v for v in (up, stored) if v is not None]
             neg = [v for v in (down, stored_neg) if v is not None]

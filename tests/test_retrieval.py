@@ -65,3 +65,37 @@ def test_vote_weights_by_similarity_and_ignores_unlabelled():
     tie = knn.vote(["a", "b", "b"], [0.5, 0.25, 0.25])
     assert tie.label == "b"  # equal weight: more votes wins
     assert knn.vote(["a", "b"], [-0.2, -0.1]).label == "a"  # all weights zero: first rank wins
+
+
+def test_a_combined_query_ranks_by_mean_similarity_minus_the_counter_examples():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(200, 16)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    pos, neg = base[:3], base[3:5]
+    q = knn.combine(pos, neg, 0.5)
+    assert q.shape == (16,) and np.linalg.norm(q) == pytest.approx(1, abs=1e-6)
+    # the ranking by cosine with q is the ranking by the documented score, done by hand
+    by_hand = [float(np.mean([x @ p for p in pos]) - 0.5 * np.mean([x @ n for n in neg])) for x in base]
+    assert list(np.argsort(-(base @ q), kind="stable")) == list(np.argsort(-np.array(by_hand), kind="stable"))
+    np.testing.assert_allclose(knn.combine(pos), pos.mean(0) / np.linalg.norm(pos.mean(0)), rtol=1e-6)
+    with pytest.raises(ValueError):
+        knn.combine(np.zeros((0, 16)))
+
+
+def test_search_not_in_the_cli_leaves_the_examples_out(sample_index):
+    from conftest import SAMPLES, run_json
+    from imgembed.index import ImageIndex
+
+    a, b = SAMPLES / "vehicles" / "hummer_01.png", SAMPLES / "vehicles" / "hummer_02.png"
+    c = SAMPLES / "vehicles" / "blazer_01.png"
+    [pushed] = run_json("search", a, b, "--not", c, "--index", sample_index, "-k", "10")
+    assert pushed["query"] == f"{a} + {b} - {c}"
+    paths = [r["path"] for r in pushed["results"]]
+    # the documented score at the default weight, by hand from the stored vectors (the examples are indexed)
+    with ImageIndex.open(sample_index) as idx:
+        rows = idx.store.rows_by_id(idx.store.ids())
+        vecs = idx.store.vectors_by_id(list(rows))
+    by_path = {rows[i].full_path: v for i, v in vecs.items()}
+    va, vb, vc = by_path[str(a)], by_path[str(b)], by_path[str(c)]
+    score = {p: (v @ va + v @ vb) / 2 - knn.NEGATIVE_WEIGHT * (v @ vc) for p, v in by_path.items() if p not in {str(a), str(b), str(c)}}
+    assert paths == sorted(score, key=lambda p: -score[p])[:10]
