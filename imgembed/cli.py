@@ -775,6 +775,8 @@ def undo(journal, index_dir, wait, as_json):
 def serve(index_dirs, host, port, threads, max_upload_mb, thumbnail_cache, precision, runtime):
     """The collection in a web browser: browse it, open an image and its nearest neighbours,
     search by examples and counter-examples, review and act on duplicates; and a JSON API."""
+    import logging
+
     try:
         import waitress
 
@@ -791,6 +793,9 @@ def serve(index_dirs, host, port, threads, max_upload_mb, thumbnail_cache, preci
                      thumbnail_cache=Path(thumbnail_cache) if thumbnail_cache else None)
     click.echo(f"serving {', '.join(index_dirs)} ({len(searcher)} images) at http://{host}:{port}/  (Ctrl-C stops)",
                err=True)
+    # waitress warns on stderr whenever requests wait for a free thread ("Task queue depth is 2"):
+    # under a burst that is expected, and not the user's to act on.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     waitress.serve(app, host=host, port=port, threads=threads, ident="imgembed", _quiet=True)
 
 

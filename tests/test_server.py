@@ -29,9 +29,11 @@ def free_port() -> int:
 
 def serve(index, cache):
     port = free_port()
+    # stderr to a file, never a pipe nobody reads: a full pipe would block the server
+    log = open(Path(cache).parent / f"serve-{port}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "imgembed", "serve", "--index", str(index),
                              "--port", str(port), "--max-upload-mb", "1", "--thumbnail-cache", str(cache)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -40,7 +42,7 @@ def serve(index, cache):
             break
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read().decode())
+                raise AssertionError(Path(log.name).read_text())
             time.sleep(0.3)
     return proc, base
 
