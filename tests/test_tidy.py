@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import SAMPLES, run_cli, run_json
 from imgembed import api, tidy
 from imgembed.errors import InputError
+from imgembed.images import to_rgb
 from imgembed.index import ImageIndex
 
 
@@ -28,7 +29,7 @@ def planted(tmp_path, model):
     shutil.copy(pear, folder / "inbox" / "pear.png")
     shutil.copy(pear, folder / "inbox" / "pear again.png")
     os.utime(pear, ns=(1_000_000_000, 1_000_000_000))  # the oldest of the three
-    big = Image.open(folder / "fruit" / "banana.png").convert("RGB")
+    big = to_rgb(Image.open(folder / "fruit" / "banana.png"))  # transparency on white, as a user's export
     big.resize((big.width // 2, big.height // 2)).save(folder / "inbox" / "banana_small.jpg", quality=60)
     index = tmp_path / "index"
     api.index_folder(folder, index, model, workers=0)
@@ -190,3 +191,15 @@ def test_cli_asks_before_acting_and_undoes(planted):
     assert "2 files trashed" in done.stdout and "imgembed undo" in done.stdout
     assert "2 actions undone" in run_cli("undo", "--index", index).stdout
     assert (folder / "inbox" / "pear.png").is_file()
+
+
+def test_near_copies_keep_the_larger_image(planted):
+    folder, index = planted
+    groups = [g for g in api.find_duplicates(index) if any(r.path == "inbox/banana_small.jpg" for r in g.rows)]
+    assert len(groups) == 1 and not groups[0].exact
+    report = api.act_on_duplicates(index, groups, "trash")
+    assert [a.src for a in report.done] == [str(folder / "inbox" / "banana_small.jpg")]
+    assert report.planned[0][0] == str(folder / "fruit" / "banana.png")  # twice the resolution
+    assert (folder / tidy.TRASH / "inbox" / "banana_small.jpg").is_file()
+    api.undo_duplicate_actions(index)
+    assert (folder / "inbox" / "banana_small.jpg").is_file()
