@@ -1,9 +1,10 @@
 """`imgembed serve`: the collection in a browser, and a JSON API over it (Flask, served by waitress).
 
 The model and the indexes are loaded once, in a :class:`~imgembed.api.Searcher`. Requests run on
-several threads: the model (ONNX Runtime, or torch) embeds uploads concurrently, while every use
-of the indexes' SQLite connections and FAISS files is serialised by one lock (each holds for a
-millisecond or so). Only files that are in the index are ever served (thumbnails by row id, cached
+several threads at once: the model (ONNX Runtime, or torch) embeds uploads concurrently, FAISS
+searches run concurrently, and each index's SQLite connection is used by one thread at a time
+(the store's own lock, held for a query). Only a refresh of the indexes after a duplicates
+action waits for the requests in flight, and they for it. Only files that are in the index are ever served (thumbnails by row id, cached
 on disk by content hash and size), uploads must decode as images within the size and pixel
 limits, and the server binds to 127.0.0.1 unless told otherwise.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import io
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,6 +52,31 @@ from .images import decode_image, read_image
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 PAGE_LIMIT = 200
+
+
+class _Gate:
+    """Any number of requests at once, or one refresh of the indexes alone."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._inside = 0
+
+    @contextmanager
+    def shared(self):
+        with self._cond:
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        with self._cond:  # held throughout: no request enters meanwhile
+            self._cond.wait_for(lambda: self._inside == 0)
+            yield
 
 
 class Thumbnails:
@@ -84,14 +111,31 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     thumbnails between requests and runs."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
-    lock = threading.RLock()  # the indexes' SQLite connections and FAISS files: one user at a time
+    gate = _Gate()
     thumbs = Thumbnails(thumbnail_cache if thumbnail_cache is not None else user_cache("thumbnails"))
+    labelled = [any(label is not None for idx in searcher.indexes for label in idx.store.labels())]
+
+    def refresh() -> None:
+        with gate.exclusive():
+            searcher.refresh()
+            labelled[0] = any(label is not None for idx in searcher.indexes for label in idx.store.labels())
+
+    inner = app.wsgi_app
+
+    def gated(environ, start_response):
+        with gate.shared():
+            response = inner(environ, start_response)  # every answer is built in memory
+        if environ.pop("imgembed.refresh", False):  # a duplicates action changed an index
+            refresh()
+        return response
+
+    app.wsgi_app = gated
 
     def error(message: str, status: int):
         return jsonify({"error": message}), status
 
     def has_labels() -> bool:
-        return any(label is not None for idx in searcher.indexes for label in idx.store.labels())
+        return labelled[0]
 
     def describe(row, source: int, **extra) -> dict:
         return {"id": row.id, "index": source, "path": row.full_path, "label": row.label, "width": row.width,
@@ -174,13 +218,12 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def info():
         labels: dict[str, int] = {}
         folders = []
-        with lock:
-            for source, idx in enumerate(searcher.indexes):
-                for label, n in idx.store.labels().items():
-                    labels[label or ""] = labels.get(label or "", 0) + n
-                folders += [{"value": f"{source}:{root}:{sub}", "root": root, "folder": sub, "images": n}
-                            for (root, sub), n in sorted(idx.store.folders().items())]
-            model = searcher.index.manifest["model"]
+        for source, idx in enumerate(searcher.indexes):
+            for label, n in idx.store.labels().items():
+                labels[label or ""] = labels.get(label or "", 0) + n
+            folders += [{"value": f"{source}:{root}:{sub}", "root": root, "folder": sub, "images": n}
+                        for (root, sub), n in sorted(idx.store.folders().items())]
+        model = searcher.index.manifest["model"]
         return jsonify({"images": len(searcher), "model": model, "labels": labels, "folders": folders,
                         "indexes": [str(idx.directory) for idx in searcher.indexes]})
 
@@ -195,29 +238,27 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             root, _, sub = rest.rpartition(":")
             sources = [source_of(source)]
         out, total = [], 0
-        with lock:
-            for source in sources:  # the indexes one after another, each in path order
-                n, rows = searcher.indexes[source].store.page(max(0, offset - total), limit - len(out), label=label,
-                                                              root=root, folder=sub)
-                out += [describe(r, source) for r in rows] if offset < total + n else []
-                total += n
+        for source in sources:  # the indexes one after another, each in path order
+            n, rows = searcher.indexes[source].store.page(max(0, offset - total), limit - len(out), label=label,
+                                                          root=root, folder=sub)
+            out += [describe(r, source) for r in rows] if offset < total + n else []
+            total += n
         return jsonify({"total": total, "offset": offset, "images": out})
 
     @app.get("/api/image/<int:source>/<int:row_id>")
     def image(source: int, row_id: int):
         source_of(source)
         k = int_arg(request.args, "k", 24, 1, 100)
-        with lock:
-            idx = searcher.indexes[source]
-            row = idx.store.rows_by_id([row_id]).get(row_id)
-            if row is None:
-                return error(f"no image with id {row_id} in index {source}", 404)
-            vector = idx.store.vectors_by_id([row_id])[row_id]
-            hits = [replace(h, rank=rank) for rank, h in enumerate(
-                (h for h in searcher.search_vectors(vector[None], k + 1)[0] if (h.source, h.row.id) != (source, row_id)),
-                1)][:k]
-            predicted = knn.vote([h.row.label for h in hits[:5]], [h.score for h in hits[:5]]) \
-                if has_labels() else None
+        idx = searcher.indexes[source]
+        row = idx.store.rows_by_id([row_id]).get(row_id)
+        if row is None:
+            return error(f"no image with id {row_id} in index {source}", 404)
+        vector = idx.store.vectors_by_id([row_id])[row_id]
+        hits = [replace(h, rank=rank) for rank, h in enumerate(
+            (h for h in searcher.search_vectors(vector[None], k + 1)[0] if (h.source, h.row.id) != (source, row_id)),
+            1)][:k]
+        predicted = knn.vote([h.row.label for h in hits[:5]], [h.score for h in hits[:5]]) \
+            if has_labels() else None
         return jsonify({"image": describe(row, source, mtime_ns=row.mtime_ns, hash=row.hash),
                         "predicted": vote_dict(predicted),
                         "neighbours": [hit(h) for h in hits]})
@@ -234,17 +275,15 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         positive, negative = refs("positive"), refs("negative_id")
         if not uploads and not positive:
             raise ImageLoadError("no file in the 'image' field, and no positive example")
-        # Embedding runs outside the lock: several uploads are embedded at once.
         up = searcher.embed(uploads) if uploads else None
         down = searcher.embed(counter) if counter else None
-        with lock:
-            stored, stored_neg = stored_vectors(positive), stored_vectors(negative)
-            pos = [v for v in (up, stored) if v is not None]
-            neg = [v for v in (down, stored_neg) if v is not None]
-            hits = searcher.search_combined([], [], k, weight=weight, vectors=np.concatenate(pos),
-                                            negative_vectors=np.concatenate(neg) if neg else None,
-                                            exclude=positive + negative)
-            vote = knn.vote([h.row.label for h in hits[:5]], [h.score for h in hits[:5]]) if has_labels() else None
+        stored, stored_neg = stored_vectors(positive), stored_vectors(negative)
+        pos = [v for v in (up, stored) if v is not None]
+        neg = [v for v in (down, stored_neg) if v is not None]
+        hits = searcher.search_combined([], [], k, weight=weight, vectors=np.concatenate(pos),
+                                        negative_vectors=np.concatenate(neg) if neg else None,
+                                        exclude=positive + negative)
+        vote = knn.vote([h.row.label for h in hits[:5]], [h.score for h in hits[:5]]) if has_labels() else None
         return jsonify({"results": [hit(h) for h in hits], "classification": vote_dict(vote)})
 
     @app.post("/api/classify")
@@ -254,13 +293,12 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             raise ImageLoadError("no file in the 'image' field")
         image_, k = decoded(files[0]), int_arg(request.form, "k", 5, 1, 100)
         vector = searcher.embed([image_])
-        with lock:
-            try:
-                if not has_labels():
-                    raise NoLabelsError(f"{searcher.index.directory}: the index has no labels")
-                hits = searcher.search_vectors(vector, k)[0]
-            except NoLabelsError as e:
-                return error(str(e), 400)
+        try:
+            if not has_labels():
+                raise NoLabelsError(f"{searcher.index.directory}: the index has no labels")
+            hits = searcher.search_vectors(vector, k)[0]
+        except NoLabelsError as e:
+            return error(str(e), 400)
         v = knn.vote([h.row.label for h in hits], [h.score for h in hits])
         return jsonify({"label": v.label, "confidence": round(v.confidence, 6), "votes": v.votes})
 
@@ -270,12 +308,11 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         source = request.args.get("index", 0, type=int)
         if not 0 <= source < len(searcher.indexes):
             return error(f"no index {source} (serving {len(searcher.indexes)})", 404)
-        with lock:
-            row = searcher.indexes[source].store.rows_by_id([row_id]).get(row_id)
+        row = searcher.indexes[source].store.rows_by_id([row_id]).get(row_id)
         if row is None:
             return error(f"no image with id {row_id} in this index", 404)
         try:
-            data = thumbs.get(row, size)  # decoding outside the lock: thumbnails load in parallel
+            data = thumbs.get(row, size)
         except ImageLoadError as e:
             return error(f"{row.full_path}: {e}", 404)
         return send_file(io.BytesIO(data), mimetype="image/jpeg", max_age=3600)
@@ -296,9 +333,8 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def _groups(source: int, id_groups) -> list[DuplicateGroup]:
         if not isinstance(id_groups, list) or not all(isinstance(g, list) and len(g) > 1 for g in id_groups):
             raise InputError("groups must be a list of lists of at least two image ids")
-        with lock:
-            store = searcher.indexes[source].store
-            rows = store.rows_by_id([int(i) for g in id_groups for i in g])
+        store = searcher.indexes[source].store
+        rows = store.rows_by_id([int(i) for g in id_groups for i in g])
         missing = [i for g in id_groups for i in g if int(i) not in rows]
         if missing:
             raise LookupError(f"no image with id {missing[0]} in index {source} (the page is out of date: reload it)")
@@ -314,8 +350,7 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         groups = _groups(source, body.get("groups"))
         report = act_on_duplicates(searcher.indexes[source].directory, groups, str(body.get("op")),
                                    move_to=body.get("move_to") or None)
-        with lock:
-            searcher.refresh()
+        request.environ["imgembed.refresh"] = True
         return jsonify(report.to_dict())
 
     @app.post("/api/duplicates/undo")
@@ -323,8 +358,7 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         body = request.get_json(silent=True) or {}
         source = source_of(body.get("index", 0))
         report = undo_duplicate_actions(searcher.indexes[source].directory)
-        with lock:
-            searcher.refresh()
+        request.environ["imgembed.refresh"] = True
         return jsonify(report.to_dict())
 
     return app

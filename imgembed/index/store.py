@@ -6,8 +6,10 @@ which the FAISS file can always be rebuilt. Row ids are the FAISS ids. This modu
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,16 @@ _TOMBSTONES = (
     "CREATE INDEX IF NOT EXISTS removed_hash ON removed (hash)",
 )
 TOMBSTONE_DAYS = 30
+
+
+def _serialised(method):
+    """Hold the store's lock for the call: threads may share one store (the web app's), never
+    its connection at the same moment."""
+    @functools.wraps(method)
+    def locked(self, *args, **kw):
+        with self._lock:
+            return method(self, *args, **kw)
+    return locked
 
 
 def _tombstone_cutoff() -> float:
@@ -164,14 +176,18 @@ def id_summary(ids: np.ndarray) -> tuple[int, int, int]:
 
 
 class MetadataStore:
-    """A thin, typed layer over the SQLite file. Use as a context manager or call ``close``."""
+    """A thin, typed layer over the SQLite file. Use as a context manager or call ``close``.
+
+    Threads may share one store: each call holds its lock (``iter_vectors``, a generator, is for
+    the single writer)."""
 
     def __init__(self, path: Path, *, create: bool = False):
         self.path = Path(path)
+        self._lock = threading.RLock()
         if not create and not self.path.is_file():
             raise IndexCorruptError(f"{self.path}: metadata database is missing")
         try:
-            # Shareable between threads (the web app's), which must not use it at the same time.
+            # Shareable between threads, which the lock keeps from using it at the same time.
             self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -194,6 +210,7 @@ class MetadataStore:
         self.has_tombstones = self.db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removed'").fetchone() is not None
 
+    @_serialised
     def close(self) -> None:
         self.db.close()
 
@@ -205,6 +222,7 @@ class MetadataStore:
 
     # -- reads ---------------------------------------------------------------------------
 
+    @_serialised
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
@@ -215,13 +233,16 @@ class MetadataStore:
             chunk = ids[start:start + 500]
             yield from self.db.execute(f"SELECT {columns} FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
+    @_serialised
     def rows_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         return {r[0]: _row(r) for r in self._by_id(self._row_cols, ids)}
 
+    @_serialised
     def vectors_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """The stored (d,) float32 vectors of ``ids`` that exist."""
         return {r[0]: np.frombuffer(r[1], dtype="<f4").astype(np.float32) for r in self._by_id("id, vector", ids)}
 
+    @_serialised
     def rows_under(self, root: str) -> dict[str, ImageRow]:
         """Rows of one root, keyed by relative path."""
         q = f"SELECT {self._row_cols} FROM images WHERE root = ?"
@@ -235,28 +256,34 @@ class MetadataStore:
             ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
             yield ids, np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32)
 
+    @_serialised
     def id_summary(self) -> tuple[int, int, int]:
         """:func:`id_summary` of the stored ids, computed by SQLite without loading them."""
         q = (f"SELECT COUNT(*), COALESCE(SUM(id), 0), COALESCE(SUM((id * {_MIX}) % {_PRIME}), 0) FROM images")
         n, total, mixed = self.db.execute(q).fetchone()
         return int(n), int(total), int(mixed)
 
+    @_serialised
     def ids(self) -> np.ndarray:
         return np.fromiter((r[0] for r in self.db.execute("SELECT id FROM images ORDER BY id")), np.int64)
 
+    @_serialised
     def labels(self) -> dict[str | None, int]:
         q = "SELECT label, COUNT(*) FROM images GROUP BY label ORDER BY label"
         return {from_db(label): n for label, n in self.db.execute(q)}
 
+    @_serialised
     def roots(self) -> list[str]:
         return [from_db(r[0]) for r in self.db.execute("SELECT DISTINCT root FROM images ORDER BY root")]
 
+    @_serialised
     def content_sizes(self) -> set[int]:
         """Sizes in bytes of every stored content, live or tombstoned: only a file of such a size
         can have a vector already."""
         q = "SELECT DISTINCT bytes FROM images" + (" UNION SELECT bytes FROM removed" if self.has_tombstones else "")
         return {r[0] for r in self.db.execute(q)}
 
+    @_serialised
     def page(self, offset: int, limit: int, *, label: str | None = None, root: str | None = None,
              folder: str = "") -> tuple[int, list[ImageRow]]:
         """(how many rows match, ``limit`` of them from ``offset``), in (root, path) order: the
@@ -278,6 +305,7 @@ class MetadataStore:
                                [*args, int(limit), int(offset)])
         return total, [_row(r) for r in rows]
 
+    @_serialised
     def folders(self) -> dict[tuple[str, str], int]:
         """Images per (root, top-level sub-folder) ("" for the root itself)."""
         out: dict[tuple[str, str], int] = {}
@@ -286,11 +314,13 @@ class MetadataStore:
             out[key] = out.get(key, 0) + n
         return out
 
+    @_serialised
     def row_at(self, root: str, path: str) -> ImageRow | None:
         r = self.db.execute(f"SELECT {self._row_cols} FROM images WHERE root = ? AND path = ?",
                             (to_db(root), to_db(path))).fetchone()
         return _row(r) if r else None
 
+    @_serialised
     def same_content(self) -> list[list[ImageRow]]:
         """Rows that share their bytes (content hash and size) with another row, grouped."""
         q = (f"SELECT {self._row_cols} FROM images WHERE (hash, bytes) IN (SELECT hash, bytes FROM images "
@@ -301,6 +331,7 @@ class MetadataStore:
             groups.setdefault((row.hash, row.bytes), []).append(row)
         return list(groups.values())
 
+    @_serialised
     def known(self, digest: str, size: int) -> Known | None:
         """A stored vector for this content: a tombstone first (restoring it; none older than
         TOMBSTONE_DAYS), else a live row."""
@@ -315,9 +346,11 @@ class MetadataStore:
                             (digest, size)).fetchone()
         return Known(None, r[0], r[1], r[2], np.frombuffer(r[3], dtype="<f4").astype(np.float32)) if r else None
 
+    @_serialised
     def tombstones(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM removed").fetchone()[0] if self.has_tombstones else 0
 
+    @_serialised
     def drop_tombstones(self, *, expired_only: bool = False) -> int:
         """Forget all tombstones, or those older than TOMBSTONE_DAYS; return how many."""
         if not self.has_tombstones:
@@ -327,6 +360,7 @@ class MetadataStore:
                 return self.db.execute("DELETE FROM removed").rowcount
             return self.db.execute("DELETE FROM removed WHERE removed_at < ?", (_tombstone_cutoff(),)).rowcount
 
+    @_serialised
     def skipped(self, root: str | None = None) -> list[Skipped]:
         if root is None:
             rows = self.db.execute("SELECT * FROM skipped ORDER BY root, path")
@@ -336,6 +370,7 @@ class MetadataStore:
 
     # -- writes ---------------------------------------------------------------------------
 
+    @_serialised
     def commit(self, *, remove: Iterable[int] = (), add: Iterable[NewImage] = (),
                skipped: Iterable[Skipped] = (), moves: Iterable[tuple] = (), touches: Iterable[tuple] = (),
                vanish: Iterable[int] = (), restored: Iterable[int] = (),
@@ -389,6 +424,7 @@ class MetadataStore:
                                 [(to_db(s.root), to_db(s.path), s.reason, s.bytes, s.mtime_ns) for s in skipped])
         return ids
 
+    @_serialised
     def ids_under(self, path: str) -> list[int]:
         """Ids of rows whose full path is ``path`` or lies under the folder ``path``."""
         path = path.rstrip("/")
@@ -399,6 +435,7 @@ class MetadataStore:
                 out.append(row_id)
         return out
 
+    @_serialised
     def forget_skipped_under(self, path: str) -> int:
         path = path.rstrip("/")
         gone = [(r, p) for r, p in self.db.execute("SELECT root, path FROM skipped")
@@ -407,10 +444,12 @@ class MetadataStore:
         self.forget(gone)
         return len(gone)
 
+    @_serialised
     def forget(self, entries: Iterable[tuple[str, str]]) -> None:
         with self.db:
             self.db.executemany("DELETE FROM skipped WHERE root = ? AND path = ?", list(entries))
 
+    @_serialised
     def forget_skipped(self, root: str, paths: Iterable[str]) -> None:
         with self.db:
             self.db.executemany("DELETE FROM skipped WHERE root = ? AND path = ?",
