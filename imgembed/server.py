@@ -54,6 +54,10 @@ MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 PAGE_LIMIT = 200
 
 
+class _NotFound(Exception):
+    """An image named by the request is not in the index (404)."""
+
+
 class _Gate:
     """Any number of requests at once, or one refresh of the indexes alone."""
 
@@ -152,7 +156,7 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def decoded(file) -> Image.Image:
         data = file.read()
         if not data:
-            raise ImageLoadError(f"the upload {file.filename or ''} is empty".replace("  ", " "))
+            raise ImageLoadError(f"the upload{' ' + file.filename if file.filename else ''} is empty")
         image, _, _ = decode_image(data, max_pixels=searcher.max_pixels,
                                    raw=formats.is_raw(Path(file.filename or "").suffix))
         return image
@@ -180,7 +184,7 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         for source, row_id in pairs:
             found = searcher.indexes[source].store.vectors_by_id([row_id])
             if row_id not in found:
-                raise LookupError(f"no image with id {row_id} in index {source}")
+                raise _NotFound(f"no image with id {row_id} in index {source}")
             out.append(found[row_id])
         return np.stack(out) if out else None
 
@@ -202,9 +206,9 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def bad_input(e):
         return error(str(e), 400)
 
-    @app.errorhandler(LookupError)
+    @app.errorhandler(_NotFound)
     def not_found(e):
-        return error(str(e).strip("'\""), 404)
+        return error(str(e), 404)
 
     @app.errorhandler(IndexLockedError)
     def locked(e):
@@ -337,7 +341,7 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         rows = store.rows_by_id([int(i) for g in id_groups for i in g])
         missing = [i for g in id_groups for i in g if int(i) not in rows]
         if missing:
-            raise LookupError(f"no image with id {missing[0]} in index {source} (the page is out of date: reload it)")
+            raise _NotFound(f"no image with id {missing[0]} in index {source} (the page is out of date: reload it)")
         return [DuplicateGroup([rows[int(i)] for i in g], [1.0] * len(g),
                                exact=len({(rows[int(i)].hash, rows[int(i)].bytes) for i in g}) == 1) for g in id_groups]
 
