@@ -6,6 +6,7 @@ Heavy modules (torch, faiss) are imported inside the commands, so ``--help`` sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -236,12 +237,15 @@ def index(folder, index_dir, model_name, weights, precision, runtime, batch_size
         bar.update(done - bar.n)
 
     try:
-        report = index_folder(folder, index_dir, model, batch_size=batch_size, workers=workers,
-                              max_pixels=_max_pixels(max_pixels), prune=not no_prune, allow_removal=allow_removal,
-                              precision=precision, runtime=runtime, index_type=index_type,
-                              target_recall=target_recall,
-                              commit_every=commit_every, decode_timeout=decode_timeout, wait=wait,
-                              engine=engine, ray_address=ray_address, ray_actors=ray_actors, progress=progress)
+        # Nothing but the report goes to stdout: Ray's driver prints cluster events there (a lost
+        # node's raylet log, say), which would break --json.
+        with contextlib.redirect_stdout(sys.stderr):
+            report = index_folder(folder, index_dir, model, batch_size=batch_size, workers=workers,
+                                  max_pixels=_max_pixels(max_pixels), prune=not no_prune,
+                                  allow_removal=allow_removal, precision=precision, runtime=runtime,
+                                  index_type=index_type, target_recall=target_recall, commit_every=commit_every,
+                                  decode_timeout=decode_timeout, wait=wait, engine=engine, ray_address=ray_address,
+                                  ray_actors=ray_actors, progress=progress)
     finally:
         if bar is not None:
             bar.close()

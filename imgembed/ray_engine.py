@@ -53,13 +53,15 @@ def require():
 
 class _Connection:
     """Use the Ray session this process already has; else join ``address`` or start a local
-    cluster on this machine's cores. Only a cluster started here is shut down on exit."""
+    cluster on this machine's cores. A session opened here is closed on exit: a joined cluster
+    is left running (the driver only disconnects), a cluster started here is shut down."""
 
     def __init__(self, address: str | None):
         self.ray = require()
         self.owned = False
         if self.ray.is_initialized():
             return
+        self.owned = True
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs = dict(logging_level=logging.ERROR, log_to_driver=False)
         try:
@@ -67,7 +69,6 @@ class _Connection:
                 self.ray.init(address=address, **kwargs)
             else:
                 self.ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
-                self.owned = True
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
