@@ -633,6 +633,9 @@ def undo_duplicate_actions(index_dir: str | Path, journal: str | Path | None = N
     gone) is reported in ``failed`` and left. Undoing the same journal twice does nothing."""
     path = Path(journal) if journal is not None else latest_journal(index_dir)
     header, entries = tidy.read_journal(path)
+    if header.get("index") not in (None, str(Path(index_dir).resolve())):
+        raise InputError(f"{path} records actions on the index {header['index']}, not {index_dir}; "
+                         f"undo it with --index {header['index']}")
     report = ActionReport(f"undo {header.get('op')}", journal=str(path))
     with ImageIndex.open_for_write(index_dir, None, wait=wait) as idx:
         try:

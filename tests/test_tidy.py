@@ -103,6 +103,8 @@ def test_trash_then_undo(planted):
     assert report.unchanged == len(before) and report.embedded == 0
     with pytest.raises(InputError, match="no duplicates action to undo"):
         api.undo_duplicate_actions(index)
+    with pytest.raises(InputError, match="records actions on the index"):
+        api.undo_duplicate_actions(folder.parent / "another", undone.journal)
 
 
 def test_move_keeps_relative_paths_and_vectors(planted, tmp_path):
