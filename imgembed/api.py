@@ -609,7 +609,7 @@ def _follow(idx: ImageIndex, a: tidy.Action, roots: Sequence[str]) -> None:
     elif a.op == "link":
         idx.commit(touches=[(a.id, os.stat(a.src).st_mtime_ns)])
     else:
-        root = next((r for r in roots if tidy._inside(os.path.realpath(a.dst), os.path.realpath(r))), None)
+        root = next((r for r in roots if tidy.inside(os.path.realpath(a.dst), os.path.realpath(r))), None)
         # outside every root: the move-to folder becomes a root of its own
         new_root = root if root is not None else str(Path(a.dst).parents[a.path.count("/")])
         rel = Path(os.path.realpath(a.dst)).relative_to(os.path.realpath(new_root)).as_posix()

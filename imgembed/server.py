@@ -117,12 +117,16 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     gate = _Gate()
     thumbs = Thumbnails(thumbnail_cache if thumbnail_cache is not None else user_cache("thumbnails"))
-    labelled = [any(label is not None for idx in searcher.indexes for label in idx.store.labels())]
+    def any_labels() -> bool:
+        return any(label is not None for idx in searcher.indexes for label in idx.store.labels())
+
+    labelled = any_labels()  # asked per query, changed only by a refresh
 
     def refresh() -> None:
+        nonlocal labelled
         with gate.exclusive():
             searcher.refresh()
-            labelled[0] = any(label is not None for idx in searcher.indexes for label in idx.store.labels())
+            labelled = any_labels()
 
     inner = app.wsgi_app
 
@@ -139,7 +143,7 @@ def create_app(searcher: Searcher, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         return jsonify({"error": message}), status
 
     def has_labels() -> bool:
-        return labelled[0]
+        return labelled
 
     def describe(row, source: int, **extra) -> dict:
         return {"id": row.id, "index": source, "path": row.full_path, "label": row.label, "width": row.width,

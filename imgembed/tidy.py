@@ -75,7 +75,7 @@ class Action:
 
 
 def _rank(m: Member, keep: Sequence[str], prefer: Sequence[str]) -> tuple:
-    preferred = next((i for i, folder in enumerate(prefer) if _inside(m.full_path, folder)), len(prefer))
+    preferred = next((i for i, folder in enumerate(prefer) if inside(m.full_path, folder)), len(prefer))
     key = [preferred]
     for rule in keep:
         key.append({"resolution": -m.width * m.height, "size": -m.bytes,
@@ -94,7 +94,8 @@ def choose_keeper(members: Sequence[Member], keep: Sequence[str] = DEFAULT_KEEP,
     return min(members, key=lambda m: _rank(m, keep, [os.path.abspath(p) for p in prefer]))
 
 
-def _inside(path: str, folder: str) -> bool:
+def inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both absolute, as strings)."""
     folder = folder.rstrip("/")
     return path == folder or path.startswith(folder + "/")
 
@@ -143,11 +144,11 @@ def check(action: Action, roots: Sequence[str]) -> None:
     destination must not exist (a link replaces its source, so it names the keeper)."""
     src = Path(action.src)
     root = os.path.realpath(action.root)
-    if not any(_inside(root, os.path.realpath(r)) for r in roots):
+    if not any(inside(root, os.path.realpath(r)) for r in roots):
         raise ActionError(f"{src}: outside the index's folders")
     if src.is_symlink() or not src.is_file():
         raise ActionError(f"{src}: not a regular file (gone, or a link)")
-    if not _inside(os.path.realpath(src), root):
+    if not inside(os.path.realpath(src), root):
         raise ActionError(f"{src}: resolves outside its folder {action.root}")
     st = src.stat()
     if (st.st_size, st.st_mtime_ns) != (action.bytes, action.mtime_ns):

@@ -5,17 +5,14 @@ every image in the index exactly once, with the local engine's vectors."""
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from test_faults import assert_each_file_once, make_folder
-from test_ray import _committed, vectors_by_path
+from test_ray import _committed, _start, vectors_by_path
 
 if os.environ.get("IMGEMBED_TEST_RAY") == "required":  # set by .ci/run: never skip there
     import ray  # noqa: F401
@@ -44,13 +41,6 @@ def _ray_workers() -> dict[str, set[int]]:
     return out
 
 
-def _index(folder, index, address):
-    return subprocess.Popen(
-        [sys.executable, "-m", "imgembed", "index", str(folder), "--index", str(index), "-q", "--json",
-         "--engine", "ray", "--ray-address", address, "--batch-size", "8", "--commit-every", "8"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def test_a_node_lost_mid_run_on_a_multi_node_cluster(tmp_path, model):
     from ray.cluster_utils import Cluster
 
@@ -62,7 +52,7 @@ def test_a_node_lost_mid_run_on_a_multi_node_cluster(tmp_path, model):
         workers = [cluster.add_node(num_cpus=1, object_store_memory=100 << 20) for _ in range(3)]
         cluster.wait_for_nodes()
         raylets = {w.all_processes["raylet"][0].process.pid: w for w in workers}
-        proc = _index(folder, tmp_path / "ray", cluster.address)
+        proc = _start(folder, tmp_path / "ray", cluster.address)
         spread: dict[str, set[int]] = {}
         lost, lost_at = None, None
         deadline = time.monotonic() + 400
@@ -89,7 +79,7 @@ def test_a_node_lost_mid_run_on_a_multi_node_cluster(tmp_path, model):
         else:  # or the run stopped, keeping what it had committed: a re-run embeds only the rest
             assert proc.returncode == 1 and "re-run to finish" in err, err[-2000:]
             done = _committed(tmp_path / "ray")
-            rerun = _index(folder, tmp_path / "ray", cluster.address)
+            rerun = _start(folder, tmp_path / "ray", cluster.address)
             out, err = rerun.communicate(timeout=600)
             assert rerun.returncode == 0, err[-2000:]
             report = json.loads(out)
