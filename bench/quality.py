@@ -244,20 +244,64 @@ def queries_of(order, shots):
     return np.array(sorted(i for m in order.values() for i in m[shots:shots + QUERIES_PER_CLASS]))
 
 
+def pooled(model, items, batch=32) -> np.ndarray:
+    """``model.features`` of files or in-memory images: the pooled backbone output a head reads
+    (the last feature map, then the taps of a head that has them)."""
+    import torch
+
+    from imgembed.precision import autocast
+
+    if all(isinstance(i, Path) for i in items):
+        from imgembed.featcache import FeatureCache
+
+        got = FeatureCache(OUT / "featcache", model).features(items, 1, workers=2)
+        assert len(got.ok) == len(items), got.failed[:3]
+        return got.features[:, 0]
+    loader = torch.utils.data.DataLoader(_Set(items, model.preprocess.transform(), model.preprocess.min_side),
+                                         batch_size=batch, num_workers=2)
+    out = []
+    with torch.inference_mode():
+        for x in loader:
+            with autocast(model.precision, torch.device("cpu")):
+                out.append(model.features(x.contiguous(memory_format=torch.channels_last)).float().numpy())
+    return np.concatenate(out)
+
+
+def tapped_joined(paths) -> np.ndarray:
+    """The default model's pooled last map and mid-level taps, each part unit-normalised and
+    joined as the trained head's projection reads them (imgembed.blend.joined)."""
+    import torch
+
+    from imgembed.backbones import get_spec
+    from imgembed.blend import joined
+    from imgembed.model import load_model
+
+    model = load_model("efficientnet_lite0", precision="auto")
+    model.taps = get_spec(model.backbone_name).blend_taps
+    return joined(torch.from_numpy(pooled(model, list(paths))), model.tap_dims).numpy()
+
+
+def apply_head(checkpoint, items) -> np.ndarray:
+    """The checkpoint's embeddings of ``items`` (the vectors `index` would store)."""
+    import torch
+
+    from imgembed.model import load_model
+
+    model = load_model(str(checkpoint), precision="auto")
+    with torch.no_grad():
+        return l2n(model.head(torch.from_numpy(pooled(model, items))).numpy())
+
+
 class Trainer:
-    """Runs the real `imgembed train` on a folder of links to the gallery images, then applies
-    the checkpoint's head to the default model's cached features (the same vectors `index`
-    would compute: the head runs on the pooled backbone features)."""
+    """Runs the real `imgembed train` on a folder of links to the gallery images, then embeds
+    the set with the checkpoint: its head on the pooled backbone features, as `index` would."""
 
     heads: dict = {}  # name -> checkpoint, for the instance protocol
 
-    def __init__(self, paths, default_feats):
-        self.paths, self.default_feats = paths, default_feats
+    def __init__(self, paths):
+        self.paths = list(paths)
 
     def __call__(self, name, idx, labels, classes, evaluate_idx_list, unlabelled=False):
-        import torch
-
-        from imgembed.model import load_checkpoint
         from imgembed.train import TrainConfig, train
 
         key = hashlib.sha256(json.dumps([name, idx.tolist(), unlabelled]).encode()).hexdigest()[:12]
@@ -272,9 +316,8 @@ class Trainer:
         train(folder, out, TrainConfig(unlabelled=unlabelled), cache_dir=OUT / "featcache")
         self.heads[name] = out
         self.seconds = time.perf_counter() - t0
-        model = load_checkpoint(out).eval()
-        with torch.no_grad():
-            return [l2n(model.head(torch.from_numpy(self.default_feats[ix])).numpy()) for ix in evaluate_idx_list]
+        every = apply_head(out, self.paths)
+        return [every[ix] for ix in evaluate_idx_list]
 
 
 def methods_on(name, feats, default_name, fit_idx, labels, classes, trainer):
@@ -289,6 +332,12 @@ def methods_on(name, feats, default_name, fit_idx, labels, classes, trainer):
     out["lda"] = lambda ix: ld(d[ix])
     wc = closedform.wccn(d[fit_idx], labels[fit_idx])
     out["wccn"] = lambda ix: wc(d[ix])
+    if "taps" in feats:  # the same closed form on what the trained head reads
+        z = feats["taps"]
+        wt = closedform.wccn(z[fit_idx], labels[fit_idx])
+        out["wccn-taps"] = lambda ix: wt(z[ix])
+        lt = closedform.lda(z[fit_idx], labels[fit_idx])
+        out["lda-taps"] = lambda ix: lt(z[ix])
     if trainer is not None:
         out["train"] = trainer
     return out
@@ -332,10 +381,11 @@ def main() -> None:
                 feats[f"{v}/{p}"] = l2n(grid[v][p])
         feats[f"ms224+288/{LITE0_POOLING}"] = l2n(feats.get(f"whole224/{LITE0_POOLING}", feats["default"])
                                                   + feats.get(f"whole288/{LITE0_POOLING}", feats["default"]))
+        feats["taps"] = tapped_joined(paths)
         order = splits(labels, args.seed)
         res = results["sets"][name] = {"kind": KIND[name], "images": len(paths), "classes": len(classes),
                                        "fewshot": {}, "open": {}}
-        trainer = None if args.no_train else Trainer(paths, grid[default_variant][LITE0_POOLING])
+        trainer = None if args.no_train else Trainer(paths)
         unlabelled = None
         if trainer is not None:  # `train --unlabelled` on the whole folder, labels ignored
             everything = np.arange(len(paths))
@@ -378,7 +428,7 @@ def main() -> None:
     print(summary(results) + "\n\n" + report(results, grid=args.variants))
 
 
-METHODS = ("legacy", "default", "pca-white", "lda", "wccn", "train", "unlabelled")
+METHODS = ("legacy", "default", "pca-white", "lda", "wccn", "lda-taps", "wccn-taps", "train", "unlabelled")
 
 
 def report(results: dict, grid: bool = False) -> str:
@@ -501,13 +551,7 @@ def instance(sets, variants, default_variant, default_pooling, seed) -> dict:
                     res["rank1"][key] = entry
                 head = Trainer.heads.get(("photos" if kind == "photos" else "clipart") + "/unlabelled")
                 if key == "default" and head is not None:
-                    import torch
-
-                    from imgembed.model import load_checkpoint
-
-                    with torch.no_grad():
-                        m = load_checkpoint(head).eval()
-                        hq, hg = (l2n(m.head(torch.from_numpy(a)).numpy()) for a in (q[p], g[p]))
+                    hq, hg = apply_head(head, copies), apply_head(head, gallery_paths)
                     hit = (hq @ hg.T).argmax(1) == truth
                     res["rank1"]["unlabelled"] = {"all": float(hit.mean()),
                                                   **{a: float(hit[types == a].mean()) for a in ALTERATIONS}}

@@ -39,10 +39,14 @@ class BackboneSpec:
     # pooling does not average out: 4 fp32 modules gave a worst cosine of 0.9977 on a wide
     # sample image, 5 give 0.9993.
     fp32_stem: int
+    # Trunk modules whose pooled outputs the default trained head reads besides the last feature
+    # map (imgembed.blend): mid-level features carry over to drawings and small scans better than
+    # the last ImageNet-tuned stage. Chosen on the quality suite's tuning sets (docs/quality.md).
+    blend_taps: tuple[int, ...] = ()
 
 
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
-    BackboneSpec("efficientnet_lite0", efficientnet_lite.FEATURE_DIM, None, 5),
+    BackboneSpec("efficientnet_lite0", efficientnet_lite.FEATURE_DIM, None, 5, (8, 11, 15, 16)),
     BackboneSpec("resnet18", 512, "ResNet18_Weights.IMAGENET1K_V1", 5),
     BackboneSpec("resnet50", 2048, "ResNet50_Weights.IMAGENET1K_V2", 5),
     BackboneSpec("mobilenet_v3_large", 960, "MobileNet_V3_Large_Weights.IMAGENET1K_V2", 4),

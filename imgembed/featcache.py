@@ -2,7 +2,7 @@
 
 Features are keyed by the backbone's identity (name, weights, preprocessing) and each file's
 content hash, so a second run on the same images, or the same images under other names, skips
-the backbone. Each file's entry is a ``(views, feature_dim)`` float16 array: view 0 is the plain
+the backbone. Each file's entry is a ``(views, pooled_dim)`` float16 array: view 0 is the plain
 preprocessing (centre crop), views 1.. are augmented (random resized crop, flip, colour jitter)
 with a seed derived from the content hash and the view number, so the cache is reproducible.
 Asking for more views later computes only the missing ones.
@@ -29,6 +29,8 @@ from .precision import autocast
 
 def backbone_key(model: EmbeddingModel) -> str:
     ident = {k: model.identity[k] for k in ("backbone", "weights", "preprocess", "pooling") if k in model.identity}
+    if model.taps:
+        ident["taps"] = list(model.taps)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -58,7 +60,7 @@ def augment_transform(preprocess, seed: int):
 
 @dataclass
 class CachedFeatures:
-    features: np.ndarray  # (n, views, feature_dim) float32, rows of files that loaded
+    features: np.ndarray  # (n, views, pooled_dim) float32, rows of files that loaded
     ok: np.ndarray  # (n,) positions in the input list
     failed: list[tuple[int, str]]  # (position, reason)
     computed: int  # files whose features had to be computed in this call
@@ -165,6 +167,6 @@ class FeatureCache:
             if progress:
                 progress(done, len(paths))
         ok = np.array(sorted(out), dtype=np.int64)
-        dim = self.model.feature_dim
+        dim = self.model.pooled_dim
         feats = np.stack([out[i].astype(np.float32) for i in ok]) if len(ok) else np.zeros((0, views, dim), np.float32)
         return CachedFeatures(feats, ok, failed, computed)

@@ -55,7 +55,8 @@ def pool(feature_map: torch.Tensor, spec: str = "avg") -> torch.Tensor:
 
 def build_head(config: dict | None, in_dim: int) -> nn.Module:
     """``None`` -> identity; ``{"type": "linear", "dim": D}``; ``{"type": "mlp", "hidden": H, "dim": D}``;
-    ``{"type": "blend", "proj": K, "weight": W, "dim": in_dim + K}`` (see :mod:`imgembed.blend`)."""
+    ``{"type": "blend", "proj": K, "weight": W, "dim": in_dim + K[, "taps": [...], "parts": [...]]}``
+    (see :mod:`imgembed.blend`)."""
     if not config:
         return nn.Identity()
     kind = config.get("type")
@@ -64,7 +65,7 @@ def build_head(config: dict | None, in_dim: int) -> nn.Module:
     if kind == "blend":
         from .blend import BlendHead
 
-        return BlendHead(in_dim, int(config["proj"]), float(config["weight"]))
+        return BlendHead(in_dim, int(config["proj"]), float(config["weight"]), config.get("parts"))
     if kind == "mlp":
         hidden = int(config["hidden"])
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
@@ -77,13 +78,20 @@ class EmbeddingModel(nn.Module):
 
     def __init__(self, backbone_name: str, backbone: nn.Module, weights_id: str,
                  preprocess: Preprocess, head_config: dict | None = None, checkpoint_id: str | None = None,
-                 pooling: str = "avg"):
+                 pooling: str = "avg", taps: tuple[int, ...] = ()):
         super().__init__()
         parse_pooling(pooling)
         self.pooling = pooling
         self.backbone_name = backbone_name
         self.backbone = backbone
         self.feature_dim = get_spec(backbone_name).feature_dim
+        self.fp32_stem = get_spec(backbone_name).fp32_stem
+        # Trunk modules whose pooled outputs follow the last feature map's in `features` (a head
+        # that reads them records them in its config, so a checkpoint brings its own).
+        self.taps = tuple(int(t) for t in (head_config or {}).get("taps", taps))
+        if self.taps and (min(self.taps) < self.fp32_stem or max(self.taps) >= len(backbone) - 1):
+            raise ModelError(f"taps {self.taps} must lie between the fp32 stem ({self.fp32_stem}) and the "
+                             f"last trunk module ({len(backbone) - 1})")
         self.head_config = head_config
         self.head = build_head(head_config, self.feature_dim)
         self.weights_id = weights_id
@@ -92,7 +100,6 @@ class EmbeddingModel(nn.Module):
         self.source: dict = {}  # how to load this model again: {"model": name|path, "weights": spec}
         self.precision = "fp32"
         self.folded = False
-        self.fp32_stem = get_spec(backbone_name).fp32_stem
 
     def set_precision(self, precision: str = "auto") -> "EmbeddingModel":
         """Run inference at ``auto|fp32|bf16``, in channels_last layout (about 2x faster for
@@ -146,17 +153,48 @@ class EmbeddingModel(nn.Module):
             ident["pooling"] = self.pooling
         return json.loads(json.dumps(ident))  # plain JSON types, so it compares equal to a manifest's copy
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's last feature map, (N, feature_dim, h, w)."""
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's last feature map, (N, feature_dim, h, w), then those of ``taps``."""
+        start = 0
         if self.precision == "bf16" and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 x = self.backbone[:self.fp32_stem](x.float())
-            return self.backbone[self.fp32_stem:](x)
-        return self.backbone(x)
+            start = self.fp32_stem
+        tapped = []
+        for i in range(start, len(self.backbone)):
+            x = self.backbone[i](x)
+            if i in self.taps:
+                tapped.append(x)
+        return [x, *tapped]
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map, (N, feature_dim, h, w)."""
+        return self.feature_maps(x)[0]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features, (N, feature_dim)."""
-        return pool(self.feature_map(x), self.pooling)
+        """Pooled backbone features, (N, pooled_dim): the last feature map's ``feature_dim``
+        channels first, then each tap's."""
+        return torch.cat([pool(m, self.pooling) for m in self.feature_maps(x)], 1)
+
+    @property
+    def tap_dims(self) -> list[int]:
+        """Channels of each pooled part of `features`: the last map's, then each tap's."""
+        if not self.taps:
+            return [self.feature_dim]
+        device = next(self.parameters()).device
+        modes = [m.training for m in self.backbone.modules()]
+        try:
+            self.backbone.eval()
+            with torch.no_grad():
+                maps = self.feature_maps(torch.zeros(1, 3, 64, 64, device=device))
+        finally:
+            for m, mode in zip(self.backbone.modules(), modes):
+                m.training = mode
+        return [int(m.shape[1]) for m in maps]
+
+    @property
+    def pooled_dim(self) -> int:
+        return sum(self.tap_dims) if self.taps else self.feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.features(x)), dim=1)

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from .data import LabelledSet, pk_batches, scan_labelled, scan_unlabelled, split
 from .errors import InputError, ModelError
+from .backbones import get_spec
 from .featcache import FeatureCache
 from .files import atomic_path
 from .config import TrainConfig
@@ -193,13 +194,15 @@ def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: 
     loss_fn = lambda emb, labels: metric_loss(config, emb, labels)  # noqa: E731
     batches = lambda labels: pk_batches(labels, config.classes_per_batch, config.images_per_class, rng)  # noqa: E731
     val_ok = len(runner.val_labels) > 0 and len(np.unique(runner.val_labels)) >= 2
+    parts = runner.base.tap_dims
     history: list[EpochLog] = []
     if config.unlabelled:
         weight, epochs, metrics, baseline = blend.UNLABELLED_WEIGHT, 0, {}, {}
         feats, labels = runner.train_feats, runner.train_labels
     elif val_ok:
         result = blend.fit(runner.train_feats, runner.train_labels, runner.val_feats[:, 0], runner.val_labels,
-                           epochs=config.epochs, lr=config.lr, loss_fn=loss_fn, batches=batches, seed=config.seed)
+                           epochs=config.epochs, lr=config.lr, loss_fn=loss_fn, batches=batches, parts=parts,
+                           seed=config.seed)
         for epoch, loss, weight, metrics in result.history:
             log = EpochLog(epoch, loss, {**metrics, "weight": weight}, config.lr, 0.0, epoch == result.epochs)
             history.append(log)
@@ -214,8 +217,9 @@ def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: 
     model = runner.base
     if weight > 0:
         # unlabelled: each image is its own class, so WCCN learns what augmentations change
-        linear = blend.refit(feats, labels, epochs=epochs, lr=config.lr, loss_fn=loss_fn, batches=batches)
-        head_config = blend.head_config(model.feature_dim, linear.out_features, weight)
+        linear = blend.refit(feats, labels, epochs=epochs, lr=config.lr, loss_fn=loss_fn, batches=batches,
+                             parts=parts)
+        head_config = blend.head_config(parts, linear.out_features, weight, model.taps)
         model = EmbeddingModel(model.backbone_name, model.backbone, model.weights_id, model.preprocess,
                                head_config, pooling=model.pooling)
         model.folded = runner.base.folded
@@ -269,6 +273,8 @@ class _FrozenRunner:
         own_weights = config.weights not in ("imagenet", "none")
         # A backbone from a weights file is stored in the checkpoint, so it must stay unfolded.
         self.base = load_model(config.model, config.weights, config.precision, inference=not own_weights)
+        if config.head == "blend" and self.base.head_config is None:
+            self.base.taps = get_spec(self.base.backbone_name).blend_taps
         cache = FeatureCache(cache_dir, self.base)
         t0 = time.perf_counter()
         self.failed = []
@@ -282,7 +288,7 @@ class _FrozenRunner:
 
     def _features(self, cache, idx, views, stage):
         if not len(idx):
-            return torch.zeros((0, views, self.base.feature_dim)), np.zeros(0, np.int64)
+            return torch.zeros((0, views, self.base.pooled_dim)), np.zeros(0, np.int64)
         paths = [self.data.paths[i] for i in idx]
         got = cache.features(paths, views, batch_size=self.config.batch_size, workers=self.config.workers,
                              progress=(lambda d, t: self.progress(stage, d, t)) if self.progress else None)

@@ -111,6 +111,20 @@ def test_blend_weight_zero_is_the_untrained_embedding_and_weight_sets_the_mix():
     assert torch.allclose(e @ e.T, expected, atol=1e-5)
 
 
+def test_blend_head_with_taps_keeps_the_last_map_as_its_untrained_part():
+    torch.manual_seed(0)
+    parts = [32, 8, 16]
+    f = torch.rand(6, sum(parts)) * torch.tensor([1.0] * 32 + [50.0] * 8 + [0.01] * 16)
+    head = blend.BlendHead(32, 4, 1.0, parts)
+    assert head.linear.in_features == 56
+    e = head(f)
+    assert torch.allclose(e[:, :32], torch.nn.functional.normalize(f[:, :32], dim=1))
+    # each part weighs the same in the projection's input, whatever its scale
+    z = blend.joined(f, parts)
+    assert torch.allclose(z.norm(dim=1), torch.ones(6))
+    assert torch.allclose(z[:, 32:40].norm(dim=1), z[:, 40:].norm(dim=1))
+
+
 def test_default_training_beats_the_untrained_embedding_on_validation(tmp_path):
     from imgembed.train import TrainConfig, train
 
@@ -123,7 +137,9 @@ def test_default_training_beats_the_untrained_embedding_on_validation(tmp_path):
     assert ckpt["head"]["type"] == "blend" and ckpt["pooling"] == "gem:2"
     model = load_model(result.checkpoint)
     v = embed(model, [SAMPLES / "fruit" / "pear.png"])
-    assert v.shape == (1, 2560) and ckpt["head"]["proj"] == 1280
+    # the projection reads the last map (1280) and four mid-level taps (80 + 112 + 192 + 320)
+    assert ckpt["head"]["taps"] == [8, 11, 15, 16] and ckpt["head"]["parts"] == [1280, 80, 112, 192, 320]
+    assert v.shape == (1, 1280 + 1984) and ckpt["head"]["proj"] == 1984
 
 
 def test_train_cli_says_which_embedding_it_kept(tmp_path):

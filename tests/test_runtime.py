@@ -59,11 +59,15 @@ def test_onnx_vectors_match_torch(kind, sample_files, tmp_path):
         from imgembed.blend import BlendHead
         from imgembed.model import EmbeddingModel
 
+        from imgembed import blend
+        from imgembed.backbones import get_spec
+
         torch.manual_seed(0)
-        headed = EmbeddingModel(base.backbone_name, base.backbone, base.weights_id, base.preprocess,
-                                {"type": "blend", "proj": 64, "weight": 0.5, "dim": base.feature_dim + 64},
+        base.taps = get_spec(base.backbone_name).blend_taps  # the mid-level taps `train` gives it
+        config = blend.head_config(base.tap_dims, 64, 0.5, base.taps)
+        headed = EmbeddingModel(base.backbone_name, base.backbone, base.weights_id, base.preprocess, config,
                                 pooling=base.pooling)
-        assert isinstance(headed.head, BlendHead)
+        assert isinstance(headed.head, BlendHead) and headed.taps == (8, 11, 15, 16)
         name, like = str(tmp_path / "blend.pt"), None
         save_checkpoint(headed, name, weights="imagenet")
     reference = load_torch(name, precision="fp32", like=like)
