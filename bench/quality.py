@@ -155,7 +155,8 @@ def cached(key: str, items, variant: str) -> dict[str, np.ndarray]:
                 store[n] = {p: feats[p][i] for p in POOLINGS}
             _save_store(variant)
         return {p: np.stack([store[n][p] for n in names]) for p in POOLINGS}
-    path = OUT / "features" / f"{key}-{variant}.npz"
+    digest = hashlib.sha256(b"".join(hashlib.sha256(i.tobytes()).digest() for i in items)).hexdigest()[:12]
+    path = OUT / "features" / f"{key}-{variant}-{digest}.npz"  # by content: other copies, other file
     if path.is_file():
         data = np.load(path)
         if len(data[POOLINGS[0]]) == len(items):
@@ -254,7 +255,7 @@ def pooled(model, items, batch=32) -> np.ndarray:
     if all(isinstance(i, Path) for i in items):
         from imgembed.featcache import FeatureCache
 
-        got = FeatureCache(OUT / "featcache", model).features(items, 1, workers=2)
+        got = FeatureCache(OUT / "featcache", model).features(items, 1, workers=2, max_pixels=400_000_000)
         assert len(got.ok) == len(items), got.failed[:3]
         return got.features[:, 0]
     loader = torch.utils.data.DataLoader(_Set(items, model.preprocess.transform(), model.preprocess.min_side),
@@ -301,10 +302,14 @@ class Trainer:
     def __init__(self, paths):
         self.paths = list(paths)
 
+    @staticmethod
+    def key(name, idx, unlabelled=False) -> str:
+        return hashlib.sha256(json.dumps([name, idx.tolist(), unlabelled]).encode()).hexdigest()[:12]
+
     def __call__(self, name, idx, labels, classes, evaluate_idx_list, unlabelled=False):
         from imgembed.train import TrainConfig, train
 
-        key = hashlib.sha256(json.dumps([name, idx.tolist(), unlabelled]).encode()).hexdigest()[:12]
+        key = self.key(name, idx, unlabelled)
         folder = OUT / "splits" / key
         if not folder.is_dir():
             for i in idx:
@@ -351,6 +356,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(OUT / "results.json"))
     parser.add_argument("--report", metavar="JSON", help="Only print the tables of an earlier run's results.")
+    parser.add_argument("--instance-only", action="store_true",
+                        help="Measure the instance protocol again into --out's results (the few-shot and open-set "
+                             "parts and the unlabelled heads kept from the run that wrote them).")
     args = parser.parse_args()
     if args.report:
         results = json.loads(Path(args.report).read_text())
@@ -371,6 +379,16 @@ def main() -> None:
             continue
         sets[name] = got
     variants = list(VARIANTS) if args.variants else sorted({"crop224", default_variant})
+    if args.instance_only:
+        results = json.loads(Path(args.out).read_text())
+        for name, (paths, labels, _) in sets.items():
+            head = OUT / "models" / f"{Trainer.key(name + '/unlabelled', np.arange(len(paths)), True)}.pt"
+            if head.is_file():
+                Trainer.heads[name + "/unlabelled"] = head
+        results["instance"] = instance(sets, variants, default_variant, LITE0_POOLING, args.seed)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        print(summary(results) + "\n\n" + report(results, grid=args.variants))
+        return
 
     for name, (paths, labels, classes) in sets.items():
         print(f"{name}: {len(paths)} images, {len(classes)} classes ({KIND[name]})", flush=True)

@@ -129,7 +129,7 @@ def test_default_training_beats_the_untrained_embedding_on_validation(tmp_path):
     from imgembed.train import TrainConfig, train
 
     result = train(SAMPLES, tmp_path / "m.pt", TrainConfig(workers=0), cache_dir=tmp_path / "cache")
-    # seed 0, 16 validation images: k-NN accuracy 0.94 -> 1.0, mAP@R 0.45 -> 0.92
+    # seed 0, 16 validation images: k-NN accuracy 0.94 -> 0.94, mAP@R 0.45 -> 0.89
     assert result.metrics["knn_accuracy"] >= result.baseline["knn_accuracy"]
     assert result.metrics["map_at_r"] > result.baseline["map_at_r"] + 0.05
     assert 0 < result.blend_weight and not result.kept_untrained
