@@ -154,3 +154,26 @@ def test_wccn_whitens_the_within_class_scatter():
     means = np.stack([x[y == c].mean(0) for c in range(4)])
     sw = np.cov((x - means[y]).T, bias=True)
     assert np.allclose(p.matrix.T @ sw @ p.matrix, np.eye(16), atol=1e-8)  # M^T Sw M = I
+
+
+def test_a_blend_checkpoint_from_before_the_taps_embeds_as_it_did(tmp_path):
+    """A head config without ``taps`` (every checkpoint written before them) reads the last map
+    alone: [u ; w * normalise(W u + b)], the formula those checkpoints were trained for."""
+    from imgembed.model import EmbeddingModel, save_checkpoint
+
+    base = load_model(inference=False)
+    torch.manual_seed(0)
+    old = EmbeddingModel(base.backbone_name, base.backbone, base.weights_id, base.preprocess,
+                         {"type": "blend", "proj": 16, "weight": 2.0, "dim": base.feature_dim + 16},
+                         pooling=base.pooling)
+    save_checkpoint(old, tmp_path / "old.pt", weights="imagenet")
+    model = load_model(str(tmp_path / "old.pt"), precision="fp32")
+    assert model.taps == () and model.dim == 1296
+    files = [SAMPLES / "fruit" / "pear.png", SAMPLES / "fruit" / "banana.png"]
+    got = embed(model, files)
+    f = torch.from_numpy(embed(load_model(precision="fp32"), files))  # the untrained u
+    lin = model.head.linear
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(
+            torch.cat([f, 2.0 * torch.nn.functional.normalize(lin(f), dim=1)], 1), dim=1).numpy()
+    assert np.allclose(got, expected, atol=1e-4)
