@@ -149,7 +149,8 @@ def phash_pairs(folder: Path, distances) -> dict[int, set]:
 
 SUMMARY = {"relative>=0.5": "`duplicates` default", "relative>=0.5 (no hash)": "relative >= 0.5 at cosine >= 0.85, no hash",
            "relative>=0.5 (no floor)": "relative >= 0.5 alone, no hash, no floor",
-           "cosine>=0.85": "raw cosine >= 0.85", "phash<=10": "imagededup PHash <= 10"}
+           "cosine>=0.85": "raw cosine >= 0.85", "phash<=10": "imagededup PHash <= 10",
+           "default, unlabelled head": "`duplicates` default on a `train --unlabelled` index"}
 
 
 def summary(results: dict, seed: int) -> str:
@@ -161,6 +162,8 @@ def summary(results: dict, seed: int) -> str:
                   "| method | precision | recall | " + " | ".join(types) + " |",
                   "|---|---|---|" + "---|" * len(types)]
         for key, name in SUMMARY.items():
+            if key not in res["methods"]:
+                continue
             r = res["methods"][key]
             lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | "
                          + " | ".join(f"{r[t]:.3f}" for t in types) + " |")
@@ -174,6 +177,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="*", default=[], help="Also try these backgrounds (k-th neighbour).")
     parser.add_argument("--out", default=str(OUT / "results.json"))
     parser.add_argument("--report", metavar="JSON", help="Only print the summary of an earlier run's results.")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="Also fit `imgembed train --unlabelled` on each folder (its planted copies included, "
+                             "as a user's collection would be) and run the default rule on an index built with it.")
     args = parser.parse_args()
     if args.report:
         print(summary(json.loads(Path(args.report).read_text()), args.seed))
@@ -221,6 +227,19 @@ def main() -> None:
                 keep = relative | known & (scored.hash_distance <= d) & (scored.cosine >= floor)
                 res["methods"][f"rel+hash<={d} cos>={floor}"] = evaluate_pairs(
                     {(paths[a], paths[b]) for a, b in scored.pairs[keep]}, truth, kind)
+        if args.unlabelled:
+            from imgembed.train import TrainConfig, train
+
+            head = OUT / f"unlabelled-{kind}-{args.originals}-{args.seed}.pt"
+            if not head.is_file():
+                train(folder, head, TrainConfig(unlabelled=True), cache_dir=OUT / "featcache")
+            head_index = OUT / f"index-{kind}-{args.originals}-{args.seed}-unlabelled"
+            index_folder(folder, head_index, load_model(str(head)))
+            with ImageIndex.open(head_index) as idx:
+                tuned = dedup.scored_pairs(idx, k=dedup.DEFAULT_K)
+            keep = dedup.select(tuned, "relative", dedup.SCORES["relative"])
+            res["methods"]["default, unlabelled head"] = evaluate_pairs(
+                {(tuned.rows[a], tuned.rows[b]) for a, b in tuned.pairs[keep]}, truth, kind)
         for d, pairs in phash_pairs(folder, (4, 10, 16)).items():
             res["methods"][f"phash<={d}"] = evaluate_pairs(pairs, truth, kind)
         print(f"{kind}: {res['images']} images, {res['copies']} planted copies")
