@@ -89,3 +89,24 @@ def test_rebuild_as_another_type_keeps_results(tmp_path):
         top = [h[0].row.id for h in idx.search(data[:200], 1)]
         assert np.mean(np.array(top) == np.array(ids[:200])) >= 0.98
     assert rebuild_index(tmp_path / "i", "flat")["factory"] == "IDMap2,Flat"
+
+
+def test_an_ivf_search_returns_k_hits_even_where_its_probed_lists_hold_fewer():
+    """With nprobe=1 a query whose nearest list holds under k vectors would get -1 ids; the
+    search probes more lists for those queries, so a user asking for 10 gets 10."""
+    import faiss
+
+    data = clustered(2000, 3, centres=200)  # 256 lists for 2,000 vectors: many short ones
+    quantizer = faiss.IndexFlatIP(DIM)
+    ivf = faiss.IndexIVFFlat(quantizer, DIM, 256, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(data)
+    ivf.add_with_ids(data, np.arange(2000))
+    ivf.nprobe = 1
+    queries = clustered(300, 4, centres=200)
+    _, raw = ivf.search(queries, 10)
+    assert (raw < 0).any()  # the situation this is about
+    scores, ids = vectors.search(ivf, queries, 10)
+    assert (ids >= 0).all() and ivf.nprobe == 1
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # still best first
+    full = (raw >= 0).all(1)
+    assert full.any() and (ids[full] == raw[full]).all()  # complete answers are left as they were

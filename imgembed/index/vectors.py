@@ -159,12 +159,28 @@ def remove(index: faiss.Index, ids) -> None:
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores (q, k), ids (q, k))``, best first; missing neighbours have id -1."""
+    """``(scores (q, k), ids (q, k))``, best first; missing neighbours have id -1.
+
+    An IVF index probes only ``nprobe`` lists, which can hold fewer than ``k`` vectors between
+    them (a small list, a tuned-down ``nprobe``); those queries are searched again with more
+    lists, up to all of them, so that ``k`` hits come back whenever the index holds ``k``."""
     k = max(1, min(k, index.ntotal)) if index.ntotal else 1
     if index.ntotal == 0:
         q = len(queries)
         return np.full((q, k), -np.inf, np.float32), np.full((q, k), -1, np.int64)
-    return index.search(np.ascontiguousarray(queries, np.float32), k)
+    queries = np.ascontiguousarray(queries, np.float32)
+    scores, ids = index.search(queries, k)
+    short = np.flatnonzero((ids < 0).any(1))
+    if len(short):
+        ivf = faiss.downcast_index(index)
+        if isinstance(ivf, faiss.IndexIVF):  # with its own parameters per call: safe across threads
+            nprobe = ivf.nprobe
+            while len(short) and nprobe < ivf.nlist:
+                nprobe = min(ivf.nlist, nprobe * 4)
+                s, i = index.search(queries[short], k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+                scores[short], ids[short] = s, i
+                short = short[(i < 0).any(1)]
+    return scores, ids
 
 
 def search_all(indexes: Sequence[faiss.Index], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
