@@ -41,7 +41,6 @@ def main() -> None:
     from torch.nn import functional as F
 
     from imgembed import closedform
-    from imgembed.backbones import get_spec
     from imgembed.blend import joined
     from imgembed.model import load_model, pool
 
@@ -49,8 +48,7 @@ def main() -> None:
     torch.manual_seed(0)
     for name in args.sets:
         paths, labels, _ = quality_data.labelled(name)
-        model = load_model("efficientnet_lite0", "imagenet", "fp32", inference=False)
-        model.taps = get_spec(model.backbone_name).blend_taps
+        model = load_model("efficientnet_lite0", "imagenet", "fp32", inference=False).use_blend_taps()
         loader = torch.utils.data.DataLoader(_Set(paths, model.preprocess.transform(), model.preprocess.min_side),
                                              batch_size=32, num_workers=2)
         maps, tapped = [], []

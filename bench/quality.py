@@ -273,12 +273,10 @@ def tapped_joined(paths) -> np.ndarray:
     joined as the trained head's projection reads them (imgembed.blend.joined)."""
     import torch
 
-    from imgembed.backbones import get_spec
     from imgembed.blend import joined
     from imgembed.model import load_model
 
-    model = load_model("efficientnet_lite0", precision="auto")
-    model.taps = get_spec(model.backbone_name).blend_taps
+    model = load_model("efficientnet_lite0", precision="auto").use_blend_taps()
     return joined(torch.from_numpy(pooled(model, list(paths))), model.tap_dims).numpy()
 
 

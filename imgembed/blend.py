@@ -153,8 +153,8 @@ def fit(train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: 
     parts = parts or [train_x.shape[-1]]
     u, z = _split(train_x, parts)
     n, views, d = z.shape
-    gallery_u, val_u = u[:, 0], _unit(val_x[:, :parts[0]])
-    gallery_z, val_z = z[:, 0], joined(val_x.float(), parts).numpy()
+    val_u, val_z = _split(val_x, parts)
+    gallery_u, gallery_z = u[:, 0], z[:, 0]
     untrained = retrieval_metrics(val_u, val_y, gallery_u, train_y)
     cap = open_set_cap(u, z, train_y, shrinkage, seed)
     weights = [w for w in WEIGHTS if w <= cap]

@@ -88,10 +88,7 @@ class EmbeddingModel(nn.Module):
         self.fp32_stem = get_spec(backbone_name).fp32_stem
         # Trunk modules whose pooled outputs follow the last feature map's in `features` (a head
         # that reads them records them in its config, so a checkpoint brings its own).
-        self.taps = tuple(int(t) for t in (head_config or {}).get("taps", taps))
-        if self.taps and (min(self.taps) < self.fp32_stem or max(self.taps) >= len(backbone) - 1):
-            raise ModelError(f"taps {self.taps} must lie between the fp32 stem ({self.fp32_stem}) and the "
-                             f"last trunk module ({len(backbone) - 1})")
+        self.taps = (head_config or {}).get("taps", taps)
         self.head_config = head_config
         self.head = build_head(head_config, self.feature_dim)
         self.weights_id = weights_id
@@ -177,24 +174,34 @@ class EmbeddingModel(nn.Module):
         return torch.cat([pool(m, self.pooling) for m in self.feature_maps(x)], 1)
 
     @property
-    def tap_dims(self) -> list[int]:
-        """Channels of each pooled part of `features`: the last map's, then each tap's."""
-        if not self.taps:
-            return [self.feature_dim]
-        device = next(self.parameters()).device
-        modes = [m.training for m in self.backbone.modules()]
-        try:
-            self.backbone.eval()
-            with torch.no_grad():
-                maps = self.feature_maps(torch.zeros(1, 3, 64, 64, device=device))
-        finally:
-            for m, mode in zip(self.backbone.modules(), modes):
-                m.training = mode
-        return [int(m.shape[1]) for m in maps]
+    def taps(self) -> tuple[int, ...]:
+        return self._taps
+
+    @taps.setter
+    def taps(self, taps) -> None:
+        taps = tuple(int(t) for t in taps)
+        if taps and (min(taps) < self.fp32_stem or max(taps) >= len(self.backbone) - 1):
+            raise ModelError(f"taps {taps} must lie between the fp32 stem ({self.fp32_stem}) and the "
+                             f"last trunk module ({len(self.backbone) - 1})")
+        self._taps = taps
+        self.tap_dims = [self.feature_dim, *(self._channels(t) for t in taps)]
+
+    def use_blend_taps(self) -> "EmbeddingModel":
+        """Read the taps the default trained head uses (``BackboneSpec.blend_taps``)."""
+        self.taps = get_spec(self.backbone_name).blend_taps
+        return self
+
+    def _channels(self, module_index: int) -> int:
+        """Output channels of a trunk module: those of its last convolution."""
+        convs = [m for m in self.backbone[module_index].modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ModelError(f"trunk module {module_index} of {self.backbone_name} has no convolution to tap")
+        return convs[-1].out_channels
 
     @property
     def pooled_dim(self) -> int:
-        return sum(self.tap_dims) if self.taps else self.feature_dim
+        """Width of `features`: the sum of `tap_dims`."""
+        return sum(self.tap_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.features(x)), dim=1)

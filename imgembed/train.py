@@ -27,7 +27,6 @@ from torch.nn import functional as F
 
 from .data import LabelledSet, pk_batches, scan_labelled, scan_unlabelled, split
 from .errors import InputError, ModelError
-from .backbones import get_spec
 from .featcache import FeatureCache
 from .files import atomic_path
 from .config import TrainConfig
@@ -274,7 +273,7 @@ class _FrozenRunner:
         # A backbone from a weights file is stored in the checkpoint, so it must stay unfolded.
         self.base = load_model(config.model, config.weights, config.precision, inference=not own_weights)
         if config.head == "blend" and self.base.head_config is None:
-            self.base.taps = get_spec(self.base.backbone_name).blend_taps
+            self.base.use_blend_taps()
         cache = FeatureCache(cache_dir, self.base)
         t0 = time.perf_counter()
         self.failed = []

@@ -60,10 +60,9 @@ def test_onnx_vectors_match_torch(kind, sample_files, tmp_path):
         from imgembed.model import EmbeddingModel
 
         from imgembed import blend
-        from imgembed.backbones import get_spec
 
         torch.manual_seed(0)
-        base.taps = get_spec(base.backbone_name).blend_taps  # the mid-level taps `train` gives it
+        base.use_blend_taps()  # the mid-level taps `train` gives it
         config = blend.head_config(base.tap_dims, 64, 0.5, base.taps)
         headed = EmbeddingModel(base.backbone_name, base.backbone, base.weights_id, base.preprocess, config,
                                 pooling=base.pooling)
