@@ -4,15 +4,17 @@
 
 Builds its own data once under bench/data/: `photos12mp/`, JPEGs of 4000x3000 made by
 upscaling, cropping and colour-shifting the scikit-image photos with different seeds (quality
-92, about 1-3 MB each), and uses `sample_images/` (80 small PNGs). For each folder, in one run
+92, about 1-3 MB each), and `small_png/`, 2,000 PNGs of about 256 px made from the sample
+drawings (rotated, mirrored, rescaled, colour-shifted); and uses `sample_images/` (80 small
+PNGs, where process start-up dominates). For each folder, in one run
 and on the same files and backbone (EfficientNet-Lite0):
 
 - baseline: the usual tutorial loop: `PIL.Image.open(p).convert("RGB")` at full size,
   torchvision `Resize(256)/CenterCrop(224)/ToTensor/Normalize`, the model in fp32 eval mode,
   batches of 32, vectors added to a flat FAISS index;
 - imgembed: `imgembed index FOLDER` as a fresh process, timed from process start to exit, once
-  per inference runtime (`--runtime onnx`, the default where ONNX Runtime is installed, and
-  `--runtime torch`), with its peak memory;
+  per inference runtime (`--runtime openvino`, what `auto` takes for indexing where OpenVINO
+  is installed, `--runtime onnx` and `--runtime torch`), with its peak memory;
 - ceiling: the model's forward pass alone, on pre-made batches of 64, under each runtime.
 
 It also prints the per-image cost of imgembed's decode (draft mode) and of its forward pass,
@@ -59,6 +61,29 @@ def make_photos(dest: Path, count: int) -> Path:
         img = src.crop((x, y, x + cw, y + ch)).resize((4000, 3000), Image.BICUBIC)
         img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.7, 1.3)))
         img.save(dest / f"photo_{i:04d}.jpg", "JPEG", quality=92)
+    marker.write_text(str(count))
+    return dest
+
+
+def make_small(dest: Path, count: int) -> Path:
+    """``count`` small PNGs (about 256 px, like icons, clip art or thumbnails) made from the
+    sample drawings: each rotated, mirrored, rescaled and colour-shifted differently."""
+    marker = dest / ".complete"
+    if marker.is_file() and marker.read_text() == str(count):
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    sources = [Image.open(p).convert("RGBA") for p in sorted((ROOT / "sample_images").rglob("*.png"))]
+    for i in range(count):
+        img = sources[i % len(sources)].rotate(90 * int(rng.integers(0, 4)), expand=True)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        scale = float(rng.uniform(0.7, 1.3))
+        img = img.resize((max(8, int(img.width * scale)), max(8, int(img.height * scale))), Image.BICUBIC)
+        rgb = ImageEnhance.Color(img.convert("RGB")).enhance(float(rng.uniform(0.6, 1.4)))
+        rgb.putalpha(img.getchannel("A"))
+        rgb.save(dest / f"small_{i:05d}.png")
     marker.write_text(str(count))
     return dest
 
@@ -114,31 +139,38 @@ def ceiling(runtime: str, batch_size: int = 64) -> float:
 
 
 def decode_cost(files: list[Path]) -> float:
-    from imgembed.images import read_image
-    from imgembed.preprocess import Preprocess
+    """Seconds per file of what a decode worker does: read, hash, decode (draft mode), the
+    perceptual hash and the default model's preprocessing."""
+    from imgembed.backbones import default_preprocess
+    from imgembed.embed import decode
+    from imgembed.images import DEFAULT_MAX_PIXELS
 
-    transform = Preprocess(256, 224, (0.5,) * 3, (0.5,) * 3, "bicubic").transform()
+    pre = default_preprocess("efficientnet_lite0")
     sample = files[:40]
     start = time.perf_counter()
     for p in sample:
-        transform(read_image(p, min_side=256).image)
+        decode(p, pre.to_array, pre.min_side, DEFAULT_MAX_PIXELS, 30.0)
     return (time.perf_counter() - start) / len(sample)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=400)
+    parser.add_argument("--small", type=int, default=2000, help="small PNGs made from the sample drawings")
     args = parser.parse_args()
     from imgembed.api import embed
     from imgembed.model import load_model
     from imgembed.precision import resolve
 
     photos = make_photos(HERE / "data" / "photos12mp", args.photos)
-    ceil = {runtime: ceiling(runtime) for runtime in ("onnx", "torch")}
+    small = make_small(HERE / "data" / "small_png", args.small)
+    runtimes = ("openvino", "onnx", "torch")
+    ceil = {runtime: ceiling(runtime) for runtime in runtimes}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, torch precision auto = {resolve('auto')}; "
-          f"forward ceiling: onnx {ceil['onnx']:.1f} images/s, torch {ceil['torch']:.1f} images/s")
+          "forward ceiling: " + ", ".join(f"{r} {ceil[r]:.1f} images/s" for r in runtimes))
     cosines = None
-    for name, folder in (("12 MP JPEG", photos), ("sample_images", ROOT / "sample_images")):
+    for name, folder in (("12 MP JPEG", photos), (f"{args.small} small PNGs", small),
+                         ("sample_images", ROOT / "sample_images")):
         files = files_of(folder)
         base_rate, base_vecs = baseline(files)
         if cosines is None:  # photos: no transparency, which the baseline turns black and imgembed white
@@ -146,12 +178,12 @@ def main() -> None:
         dec = decode_cost(files)
         print(f"\n{name}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.0f} MB")
         print(f"  baseline (full decode, fp32, batch 32)         {base_rate:7.1f} images/s  1.00x")
-        for runtime in ("onnx", "torch"):
+        for runtime in runtimes:
             ours, ours_run, peak = imgembed_cli(folder, len(files), runtime)
-            print(f"  imgembed index --runtime {runtime:<5} whole process {ours:7.1f} images/s  {ours / base_rate:.2f}x  "
+            print(f"  imgembed index --runtime {runtime:<8} whole process {ours:7.1f} images/s  {ours / base_rate:.2f}x  "
                   f"(its own run {ours_run:.1f}/s, {ours_run / base_rate:.2f}x; peak {peak:.0f} MB)")
-        print(f"  per image: decode+preprocess {dec * 1e3:.1f} ms, forward {1e3 / ceil['onnx']:.1f} ms (onnx) / "
-              f"{1e3 / ceil['torch']:.1f} ms (torch)")
+        print(f"  per image: decode+preprocess {dec * 1e3:.1f} ms, forward "
+              + " / ".join(f"{1e3 / ceil[r]:.1f} ms ({r})" for r in runtimes))
     print(f"\n12 MP photos, baseline vs imgembed with the baseline's crop + average pooling (fp32; the difference "
           f"is draft-mode decoding): min cosine {cosines.min():.4f}, mean {cosines.mean():.4f}")
 

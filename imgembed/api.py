@@ -63,16 +63,16 @@ def load_model(name_or_checkpoint: str = "efficientnet_lite0", weights: str = "i
     if index is not None and (Path(index) / MANIFEST).is_file():
         like = read_manifest(Path(index)).get("model")
     engine = rt.choose(runtime, precision)
-    if engine == "onnx":
+    if engine != "torch":
         key = rt.source_key(name_or_checkpoint, weights, like)
-        found = rt.cached_source(key)
+        found = rt.cached_source(key, engine)
         if found is not None:
             return found
     from .model import load_model as _load
 
-    model = _load(name_or_checkpoint, weights, "fp32" if engine == "onnx" else precision, like=like)
-    if engine == "onnx":
-        return rt.export(model, key) or model.set_precision(precision)
+    model = _load(name_or_checkpoint, weights, "fp32" if engine != "torch" else precision, like=like)
+    if engine != "torch":
+        return rt.export(model, key, engine) or model.set_precision(precision)
     return model
 
 
@@ -101,8 +101,9 @@ def _own_model(index_dir: str | Path, manifest: dict, precision: str, runtime: s
     loaded the way its manifest says."""
     from . import runtime as rt
 
-    if rt.choose(runtime, precision) == "onnx":
-        found = rt.cached(manifest["model"])
+    engine = rt.choose(runtime, precision)
+    if engine != "torch":
+        found = rt.cached(manifest["model"], engine)
         if found is not None:
             return found
     own = manifest.get("model_source") or {}
@@ -177,7 +178,8 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     :mod:`imgembed.index.recall`).
 
     Without ``model``, an existing index embeds with the model that built it (under ``runtime``
-    and ``precision``, as :func:`load_model`), loaded only when there is something to embed: a
+    and ``precision``, as :func:`load_model`; ``auto`` takes OpenVINO where it is installed, see
+    :func:`imgembed.runtime.for_indexing`), loaded only when there is something to embed: a
     run that finds nothing new or changed never imports torch. A new index gets the default
     backbone.
 
@@ -191,6 +193,9 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
     if not Path(folder).is_dir():
         raise InputError(f"not a folder: {folder}")
     root = Path(folder).resolve()
+    from .runtime import for_indexing
+
+    runtime = for_indexing(runtime, precision)
     if engine == "ray":
         from .ray_engine import require
 

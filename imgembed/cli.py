@@ -59,7 +59,8 @@ _precision_option = click.option(
     help="Torch inference precision; auto = bf16 where the CPU/GPU runs it natively (ONNX Runtime runs fp32).")
 _runtime_option = click.option(
     "--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
-    help="Inference engine; auto = ONNX Runtime where installed (model exported once and cached), else torch.")
+    help="Inference engine; auto = ONNX Runtime where installed (model exported once and cached), else torch; "
+         "`index` takes OpenVINO where installed.")
 
 
 def _indexes_option(f):
@@ -226,8 +227,10 @@ def index(folder, index_dir, model_name, weights, precision, runtime, batch_size
     # default backbone.
     model = None
     if model_name or weights != "imagenet":
+        from .runtime import for_indexing
+
         model = _load_model(model_name or DEFAULT_MODEL, weights, precision, index_dir,
-                            "torch" if engine == "ray" else runtime)
+                            "torch" if engine == "ray" else for_indexing(runtime, precision))
     bar = None
 
     def progress(done: int, total: int) -> None:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from .errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")  # torch inference precision (see imgembed.precision)
-RUNTIMES = ("auto", "onnx", "torch")  # inference engine (see imgembed.runtime)
+RUNTIMES = ("auto", "onnx", "openvino", "torch")  # inference engine (see imgembed.runtime)
 MINERS = ("batch-hard", "semi-hard", "all")  # see imgembed.losses
 HEADS = ("blend", "mlp", "linear")
 LOSSES = ("triplet", "contrastive")

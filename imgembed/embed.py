@@ -1,25 +1,31 @@
 """Turning images into embedding vectors, with decoding in worker processes.
 
 :func:`embed_files` streams batches so callers can commit results as they go; a file that
-cannot be decoded is reported in the batch's ``failed`` list and never stops the run.
+cannot be decoded is reported in the batch's ``failed`` list and never stops the run. Decoding
+runs in a plain process pool, so that indexing under ONNX Runtime never imports torch.
 """
 
 from __future__ import annotations
 
+import collections
+import multiprocessing
 import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
-import torch
 
-from .errors import ImageLoadError
 from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model, perceptual_hash
-from .model import EmbeddingModel
-from .precision import autocast
+from .errors import EngineError, ImageLoadError
 
 if TYPE_CHECKING:
+    import torch
+
+    from .model import EmbeddingModel
     from .runtime import OnnxModel
 
 
@@ -47,16 +53,18 @@ class EmbeddedBatch:
     failed: list[tuple[int, str]] = field(default_factory=list)
 
 
-class _Files(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], transform, min_side: int, max_pixels: int, timeout: float):
-        self.paths, self.transform, self.min_side, self.max_pixels = paths, transform, min_side, max_pixels
-        self.timeout = timeout
+_worker_args: tuple = ()
 
-    def __len__(self) -> int:
-        return len(self.paths)
 
-    def __getitem__(self, i: int):
-        return (i, *decode(self.paths[i], self.transform, self.min_side, self.max_pixels, self.timeout))
+def _start_worker(*args) -> None:
+    """Pool initialiser: the decode settings, once per worker; Ctrl-C is the parent's to handle."""
+    global _worker_args
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_args = args
+
+
+def _decode_in_worker(path: Path):
+    return decode(path, *_worker_args)
 
 
 def decode(path: Path, transform, min_side: int, max_pixels: int, timeout: float
@@ -76,16 +84,15 @@ def decode(path: Path, transform, min_side: int, max_pixels: int, timeout: float
         return None, None, f"cannot decode image: {type(e).__name__}: {e}"
 
 
-def _collate(items):
-    return items
-
-
-@torch.inference_mode()
-def embed_tensor(model: EmbeddingModel, batch: torch.Tensor) -> np.ndarray:
+def embed_tensor(model: "EmbeddingModel", batch: "torch.Tensor") -> np.ndarray:
     """(N, 3, H, W) preprocessed batch -> (N, dim) float32 unit vectors."""
+    import torch
+
+    from .precision import autocast
+
     device = next(model.parameters()).device
     batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-    with autocast(model.precision, device):
+    with torch.inference_mode(), autocast(model.precision, device):
         out = model(batch)
     # Normalise again in fp32: bf16 rounding leaves norms up to ~0.4% off 1.
     return torch.nn.functional.normalize(out.float(), dim=1).cpu().numpy()
@@ -98,20 +105,59 @@ def embed_files(model: "EmbeddingModel | OnnxModel", paths: Sequence[Path], *, b
     if not paths:
         return
     workers = default_workers() if workers is None else workers
-    dataset = _Files(paths, model.preprocess.to_array, model.preprocess.min_side, max_pixels, decode_timeout)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-        prefetch_factor=4 if workers else None, persistent_workers=False)
-    for items in loader:
-        out = EmbeddedBatch()
-        tensors = []
-        for i, tensor, info, error in items:
+    args = (model.preprocess.to_array, model.preprocess.min_side, max_pixels, decode_timeout)
+    if workers == 0:
+        decoded = (decode(p, *args) for p in paths)
+        yield from _batches(model, decoded, batch_size)
+        return
+    # Each file is its own task, in a window of two batches: the first batch is ready after
+    # batch_size / workers decodes, and memory stays bounded however many files there are.
+    pool = ProcessPoolExecutor(min(workers, len(paths)), mp_context=multiprocessing.get_context(),
+                               initializer=_start_worker, initargs=args)
+    try:
+        window: collections.deque = collections.deque()
+        todo = iter(paths)
+
+        def decoded():
+            try:
+                while True:
+                    while len(window) < 2 * batch_size:
+                        path = next(todo, None)
+                        if path is None:
+                            break
+                        window.append(pool.submit(_decode_in_worker, path))
+                    if not window:
+                        return
+                    yield window.popleft().result()
+            except BrokenProcessPool:
+                raise EngineError("a decode worker died (killed, out of memory or a decoder crash); what was "
+                                  "committed is kept: run again to resume, with --workers 0 to find the file"
+                                  ) from None
+
+        yield from _batches(model, decoded(), batch_size)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _batches(model, decoded, batch_size: int) -> Iterator[EmbeddedBatch]:
+    """Group ``(array, info, error)`` results, in path order, into embedded batches."""
+    position = 0
+    while True:
+        out, tensors = EmbeddedBatch(), []
+        for _ in range(batch_size):
+            item = next(decoded, None)
+            if item is None:
+                break
+            tensor, info, error = item
             if error is None:
-                out.ok.append(i)
+                out.ok.append(position)
                 out.info.append(info)
                 tensors.append(tensor)
             else:
-                out.failed.append((i, error))
+                out.failed.append((position, error))
+            position += 1
+        if not out.ok and not out.failed:
+            return
         out.vectors = (model.embed_array(np.stack(tensors)) if tensors
                        else np.zeros((0, model.dim), np.float32))
         yield out

@@ -55,7 +55,7 @@ class RemovalRefusedError(ImgembedError):
 
 
 class EngineError(ImgembedError):
-    """The distributed embedding engine is not installed, cannot be reached, or failed."""
+    """An embedding engine failed (a decode worker died, a Ray cluster), is not installed, or cannot be reached."""
 
 
 class RuntimeUnavailableError(ModelError):

@@ -165,20 +165,24 @@ def test_help_does_not_import_torch():
 def test_an_unchanged_folder_is_indexed_without_torch_or_a_model(tmp_path):
     """A cron job or a file watcher re-indexing a folder where nothing changed pays for the walk,
     not for torch and a model; a changed file loads the index's own model (a checkpoint here
-    would be found the same way, from the manifest)."""
+    would be found the same way, from the manifest), from the export cached by the first run,
+    decoding in worker processes, and still without torch."""
     folder = tmp_path / "photos"
     shutil.copytree(SAMPLES / "fruit", folder)
     index = tmp_path / "idx"
     run_cli("index", folder, "--index", index, "-q")
     probe = ("import sys; from imgembed.cli import main\n"
              "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-             "print('torch loaded' if 'torch' in sys.modules else 'no torch')")
+             "print(('torch' if 'torch' in sys.modules else 'no torch') + ', '\n"
+             "      + ('a model' if {'onnxruntime', 'openvino'} & set(sys.modules) else 'no model'))")
     out = subprocess.run([sys.executable, "-c", probe, "index", str(folder), "--index", str(index), "--json"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300, check=True).stdout
     report, verdict = json.loads(out[:out.rindex("}") + 1]), out.strip().splitlines()[-1]
-    assert (report["unchanged"], report["added"], verdict) == (10, 0, "no torch")
+    assert (report["unchanged"], report["added"], verdict) == (10, 0, "no torch, no model")
     shutil.copy(SAMPLES / "fish" / "dolphin.png", folder / "dolphin.png")
     out = subprocess.run([sys.executable, "-c", probe, "index", str(folder), "--index", str(index), "--json"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300, check=True).stdout
     report, verdict = json.loads(out[:out.rindex("}") + 1]), out.strip().splitlines()[-1]
-    assert (report["added"], verdict) == (1, "torch loaded")
+    assert (report["added"], verdict) == (1, "no torch, a model")
+    hit = run_json("search", SAMPLES / "fish" / "dolphin.png", "--index", index, "-k", "1")[0]["results"][0]
+    assert hit["path"] == str(folder / "dolphin.png") and hit["score"] > 0.999

@@ -239,6 +239,32 @@ def test_a_stuck_decode_is_skipped(tmp_path, monkeypatch, model):
     assert report.added == 9
 
 
+def test_a_dying_decode_worker_stops_the_run_with_its_reason_and_the_next_run_resumes(tmp_path, monkeypatch, model):
+    """A codec that crashes its process (or the OOM killer) ends the run with one typed error
+    saying what to do, not a hang or a traceback; nothing committed is lost and the next run
+    embeds the rest, each image once."""
+    from imgembed import images
+    from imgembed.errors import EngineError
+
+    folder = copy_classes(tmp_path / "p", "fish", "fruit")
+    parent, real = os.getpid(), images.read_image
+
+    def crash_on_dolphin(path, **kw):
+        if os.path.basename(path) == "dolphin.png" and os.getpid() != parent:
+            os._exit(1)  # what a segfault in a decoder looks like from outside
+        return real(path, **kw)
+
+    monkeypatch.setattr(images, "read_image", crash_on_dolphin)
+    index = tmp_path / "idx"
+    with pytest.raises(EngineError, match="a decode worker died .* run again to resume"):
+        index_folder(folder, index, model, workers=2, batch_size=4)
+    monkeypatch.undo()
+    report = index_folder(folder, index, model, workers=2, batch_size=4)
+    assert report.total == 20 and report.added + report.unchanged == 20 and not report.skipped
+    with ImageIndex.open(index) as idx:
+        assert len(idx) == 20
+
+
 def test_a_stuck_decode_is_skipped_by_train_and_evaluate_too(tmp_path, monkeypatch, torch_model):
     """`train` and `evaluate` read images through the feature cache (frozen backbone) or the
     fine-tuning loader: both decode through the same time-limited path as `index`."""

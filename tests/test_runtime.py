@@ -39,10 +39,12 @@ def test_numpy_preprocessing_is_torchvisions_bit_for_bit(sample_files):
                 np.testing.assert_array_equal(pre.to_array(image), transform(image).numpy(), err_msg=f"{fit} {image.size}")
 
 
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
 @pytest.mark.parametrize("kind", ["default", "legacy crop + avg", "trained blend head"])
-def test_onnx_vectors_match_torch(kind, sample_files, tmp_path):
+def test_exported_vectors_match_torch(kind, engine, sample_files, tmp_path):
     """cosine >= 0.999 to the torch fp32 path and >= 95% of top-10 lists shared, on the sample
-    drawings and on real photos, for today's default, an old index's model and a trained head."""
+    drawings and on real photos, for today's default, an old index's model and a trained head,
+    under ONNX Runtime and under OpenVINO."""
     import torch
 
     from imgembed.model import load_model as load_torch, save_checkpoint
@@ -70,23 +72,24 @@ def test_onnx_vectors_match_torch(kind, sample_files, tmp_path):
         name, like = str(tmp_path / "blend.pt"), None
         save_checkpoint(headed, name, weights="imagenet")
     reference = load_torch(name, precision="fp32", like=like)
-    onnx = runtime.export(reference, None)
-    assert onnx is not None and onnx.identity == reference.identity
+    onnx = runtime.export(reference, None, engine)
+    assert onnx is not None and onnx.identity == reference.identity and onnx.runtime == engine
     items = list(sample_files) + _photos()
     a, b = embed(reference, items), embed(onnx, items)
     assert np.sum(a * b, axis=1).min() >= 0.999
     assert _agreement(a, b) >= 0.95
 
 
-def test_an_index_built_by_one_runtime_is_searched_by_the_other(tmp_path, torch_model):
+def test_an_index_built_by_one_runtime_is_searched_by_the_others(tmp_path, torch_model):
     folder = SAMPLES / "fruit"
-    by_torch, by_onnx = tmp_path / "t", tmp_path / "o"
+    by_torch, by_onnx, by_default = tmp_path / "t", tmp_path / "o", tmp_path / "d"
     index_folder(folder, by_torch, torch_model, workers=0)
-    index_folder(folder, by_onnx, workers=0)  # the default model, under ONNX Runtime
+    index_folder(folder, by_onnx, workers=0, runtime="onnx")
+    index_folder(folder, by_default, workers=2)  # the default model under OpenVINO, decoding in workers
     queries = sorted(folder.glob("*.png"))[:5] + sorted(QUERIES.glob("*.png"))[:3]
     ranked = {}
-    for index in (by_torch, by_onnx):
-        for runtime_name in ("torch", "onnx"):
+    for index in (by_torch, by_onnx, by_default):
+        for runtime_name in ("torch", "onnx", "openvino"):
             with Searcher(index, runtime=runtime_name) as s:
                 assert s.model.runtime == runtime_name
                 hits = s.search(queries, k=5)
@@ -139,12 +142,35 @@ def test_a_damaged_or_unwritable_cache_never_breaks_a_query(tmp_path, monkeypatc
 
 def test_runtime_choice(monkeypatch):
     assert runtime.choose("torch") == "torch"
-    assert runtime.choose("auto", "bf16") == "torch"  # bf16 asked for: ONNX Runtime runs fp32
-    assert runtime.choose("auto") == "onnx"
+    assert runtime.choose("auto", "bf16") == "torch"  # bf16 asked for: the exports run fp32
+    assert runtime.choose("auto") == "onnx"  # queries: the engine that imports fastest
+    assert [runtime.for_indexing(r) for r in ("auto", "onnx", "torch")] == ["openvino", "onnx", "torch"]
+    assert runtime.for_indexing("auto", "bf16") == "auto"
+    monkeypatch.setattr(runtime, "openvino_available", lambda: False)
+    assert runtime.for_indexing("auto") == "auto"
+    with pytest.raises(RuntimeUnavailableError, match="pip install openvino"):
+        runtime.choose("openvino")
     monkeypatch.setattr(runtime, "onnx_available", lambda: False)
     assert runtime.choose("auto") == "torch"  # the fallback where onnxruntime is missing
     with pytest.raises(RuntimeUnavailableError, match="pip install onnxruntime"):
         runtime.choose("onnx")
+
+
+def test_an_engine_that_does_not_reproduce_the_torch_vectors_is_not_used(tmp_path, monkeypatch, sample_files):
+    """OpenVINO is trusted only once it gives the vectors torch recorded at export: on a CPU or a
+    version where it does not, indexing runs under ONNX Runtime, whose vectors are checked too."""
+    monkeypatch.setenv("IMGEMBED_MODEL_CACHE", str(tmp_path / "cache"))
+    good = load_model(runtime="openvino")
+    assert good.runtime == "openvino"
+    expected = embed(good, sample_files[:4])
+    real = runtime.OpenVinoModel._run
+    monkeypatch.setattr(runtime.OpenVinoModel, "_run", lambda self, x: real(self, x)[:, ::-1].copy())
+    for _ in range(2):  # from the cache, then from a fresh export
+        model = load_model(runtime="openvino")
+        assert model.runtime == "onnx"
+        np.testing.assert_allclose(embed(model, sample_files[:4]), expected, atol=1e-5)
+        for path in (tmp_path / "cache").glob("*.onnx"):
+            path.unlink()
 
 
 def test_a_retrained_checkpoint_at_the_same_path_is_a_new_export(tmp_path, torch_model):
