@@ -221,7 +221,7 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
         try:
             if plan.todo:
                 writer = ChunkWriter(idx, commit_every=commit_every, publish_every_s=publish_every_s)
-                batches = _embed_batches(engine, model, [f.path for f in plan.todo], batch_size=batch_size,
+                batches = _embed_batches(engine, model, [Path(f.path) for f in plan.todo], batch_size=batch_size,
                                          workers=workers, max_pixels=max_pixels, decode_timeout=decode_timeout,
                                          ray_address=ray_address, ray_actors=ray_actors)
                 done = 0

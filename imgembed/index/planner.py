@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator
 
 from ..errors import RemovalRefusedError
-from ..files import content_hash, iter_images
+from ..files import content_hash, walk_images
 from .store import ImageRow, Known, Skipped
 
 # A run may remove at most this share of a root's rows, or fewer than REMOVAL_GUARD_MIN of them,
@@ -29,7 +29,7 @@ class FileStat:
     """A file found under a root: its path, its path relative to the root (``/``-separated), and
     its size and mtime, or why it could not be stat'ed."""
 
-    path: Path
+    path: str
     relative: str
     size: int = 0
     mtime_ns: int = 0
@@ -86,11 +86,10 @@ def label_of(relative: str) -> str | None:
 
 
 def scan(root: Path) -> Iterator[FileStat]:
-    """The images under ``root`` (see :func:`imgembed.files.iter_images`), stat'ed."""
-    for path in iter_images(root):
-        rel = path.relative_to(root).as_posix()
+    """The images under ``root`` (see :func:`imgembed.files.walk_images`), stat'ed."""
+    for path, rel, entry in walk_images(str(root)):
         try:
-            st = path.stat()
+            st = entry.stat()
         except OSError as e:
             yield FileStat(path, rel, error=f"cannot stat file: {e.strerror or e}")
             continue
@@ -100,7 +99,7 @@ def scan(root: Path) -> Iterator[FileStat]:
 def file_hash(f: FileStat) -> str | None:
     """The content hash of a file, None if it cannot be read (it is then embedded, and fails there)."""
     try:
-        return content_hash(f.path.read_bytes())
+        return content_hash(Path(f.path).read_bytes())
     except OSError:
         return None
 
