@@ -220,6 +220,15 @@ def _machine_tag(ort_version: str) -> str:
 ENGINES = {"onnx": OnnxModel, "openvino": OpenVinoModel}
 
 
+def _engine(engine: str, path: Path, meta: dict) -> OnnxModel | None:
+    """The export at ``path`` under ``engine``, or None where that engine cannot run it here
+    (then ONNX Runtime does)."""
+    try:
+        return ENGINES[engine](path, meta)
+    except Exception:  # noqa: BLE001 - a broken install, an op or a CPU the engine lacks
+        return None
+
+
 def cached(identity: dict, engine: str = "onnx") -> OnnxModel | None:
     """The cached export of the model with this identity under ``engine``, or None when there
     is none (or it does not load). An engine other than ONNX Runtime must first reproduce the
@@ -230,13 +239,13 @@ def cached(identity: dict, engine: str = "onnx") -> OnnxModel | None:
         meta = json.loads((cache_dir() / f"{key}.json").read_text())
         if meta.get("identity") != identity or not path.is_file():
             return None
-        if engine == "onnx":
-            return OnnxModel(path, meta)
-        if "check" not in meta:  # exported before the check was recorded: export() adds it
-            return None
-        model = ENGINES[engine](path, meta)
-        if model.matches(np.asarray(meta["check"], np.float32), _check_batch(model.preprocess)):
-            return model
+        if engine != "onnx":
+            if "check" not in meta:  # exported before the check was recorded: export() adds it
+                return None
+            other = _engine(engine, path, meta)
+            if other is not None and other.matches(np.asarray(meta["check"], np.float32),
+                                                   _check_batch(other.preprocess)):
+                return other
         return OnnxModel(path, meta)
     except (OSError, ValueError, KeyError, ModelError):
         return None
@@ -287,8 +296,8 @@ def export(model: "EmbeddingModel", source: str | None = None, engine: str = "on
             with atomic_path(directory / "sources" / f"{source}.json", durable=False) as tmp:
                 tmp.write_text(json.dumps(model.identity))
         if engine != "onnx":
-            other = ENGINES[engine](onnx.path, onnx.meta)
-            if other.matches(reference, sample):
+            other = _engine(engine, onnx.path, onnx.meta)
+            if other is not None and other.matches(reference, sample):
                 return other
     except Exception:  # no cache folder, a full disk, no onnx package, an op the exporter lacks:
         return None  # each leaves the torch model, which is always right
