@@ -14,7 +14,12 @@ class Stop(KeyboardInterrupt):
     pass
 
 
-def test_interrupted_run_keeps_committed_chunks_and_resumes(tmp_path, model):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_run_keeps_committed_chunks_and_resumes(tmp_path, model, workers):
+    """In-process decoding and the worker pool alike: an exception in the consumer (Ctrl-C in
+    the CLI) stops the run, keeps what was committed, and leaves no decode worker behind."""
+    import multiprocessing
+
     folder = tmp_path / "photos"
     for label in ("birds", "fish", "fruit"):
         shutil.copytree(SAMPLES / label, folder / label)
@@ -25,8 +30,9 @@ def test_interrupted_run_keeps_committed_chunks_and_resumes(tmp_path, model):
             raise Stop
 
     with pytest.raises(Stop):
-        index_folder(folder, index, model, batch_size=8, workers=0, commit_every=8,
+        index_folder(folder, index, model, batch_size=8, workers=workers, commit_every=8,
                      progress=interrupt_after_two_batches)
+    assert multiprocessing.active_children() == []
     with ImageIndex.open(index) as idx:  # readable, consistent, holds the committed chunks
         assert len(idx) == 16
     report = index_folder(folder, index, model, batch_size=8, workers=0)
