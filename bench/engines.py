@@ -83,24 +83,22 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def rate(fn, batch: np.ndarray, repeats: int = 5) -> float:
-    fn(batch)
+def _median_s(fn, x: np.ndarray, repeats: int) -> float:
+    fn(x)  # warm-up
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        fn(batch)
+        fn(x)
         times.append(time.perf_counter() - t)
-    return len(batch) / statistics.median(times)
+    return statistics.median(times)
+
+
+def rate(fn, batch: np.ndarray, repeats: int = 5) -> float:
+    return len(batch) / _median_s(fn, batch, repeats)
 
 
 def latency_ms(fn, one: np.ndarray, repeats: int = 20) -> float:
-    fn(one)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(one)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return 1000 * _median_s(fn, one, repeats)
 
 
 def top10_agreement(reference: np.ndarray, other: np.ndarray) -> float:

@@ -45,12 +45,19 @@ from common import images_per_second, run_measured  # noqa: E402
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field", "immunohistochemistry"]
 
 
-def make_photos(dest: Path, count: int) -> Path:
+def _built(dest: Path, count: int) -> bool:
+    """Whether ``dest`` holds a finished set of ``count`` files; if not, it is emptied for one."""
     marker = dest / ".complete"
     if marker.is_file() and marker.read_text() == str(count):
-        return dest
+        return True
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
+    return False
+
+
+def make_photos(dest: Path, count: int) -> Path:
+    if _built(dest, count):
+        return dest
     rng = np.random.default_rng(0)
     sources = [Image.fromarray(getattr(skdata, name)()).convert("RGB") for name in PHOTOS]
     for i in range(count):
@@ -61,18 +68,15 @@ def make_photos(dest: Path, count: int) -> Path:
         img = src.crop((x, y, x + cw, y + ch)).resize((4000, 3000), Image.BICUBIC)
         img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.7, 1.3)))
         img.save(dest / f"photo_{i:04d}.jpg", "JPEG", quality=92)
-    marker.write_text(str(count))
+    (dest / ".complete").write_text(str(count))
     return dest
 
 
 def make_small(dest: Path, count: int) -> Path:
     """``count`` small PNGs (about 256 px, like icons, clip art or thumbnails) made from the
     sample drawings: each rotated, mirrored, rescaled and colour-shifted differently."""
-    marker = dest / ".complete"
-    if marker.is_file() and marker.read_text() == str(count):
+    if _built(dest, count):
         return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
     rng = np.random.default_rng(1)
     sources = [Image.open(p).convert("RGBA") for p in sorted((ROOT / "sample_images").rglob("*.png"))]
     for i in range(count):
@@ -84,7 +88,7 @@ def make_small(dest: Path, count: int) -> Path:
         rgb = ImageEnhance.Color(img.convert("RGB")).enhance(float(rng.uniform(0.6, 1.4)))
         rgb.putalpha(img.getchannel("A"))
         rgb.save(dest / f"small_{i:05d}.png")
-    marker.write_text(str(count))
+    (dest / ".complete").write_text(str(count))
     return dest
 
 

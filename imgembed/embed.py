@@ -8,6 +8,7 @@ runs in a plain process pool, so that indexing under ONNX Runtime never imports 
 from __future__ import annotations
 
 import collections
+import itertools
 import multiprocessing
 import os
 import signal
@@ -110,33 +111,31 @@ def embed_files(model: "EmbeddingModel | OnnxModel", paths: Sequence[Path], *, b
         decoded = (decode(p, *args) for p in paths)
         yield from _batches(model, decoded, batch_size)
         return
-    # Each file is its own task, in a window of two batches: the first batch is ready after
-    # batch_size / workers decodes, and memory stays bounded however many files there are.
+    # Each file is its own task, two batches ahead (_decoded_in).
     pool = ProcessPoolExecutor(min(workers, len(paths)), mp_context=multiprocessing.get_context(),
                                initializer=_start_worker, initargs=args)
     try:
-        window: collections.deque = collections.deque()
-        todo = iter(paths)
-
-        def decoded():
-            try:
-                while True:
-                    while len(window) < 2 * batch_size:
-                        path = next(todo, None)
-                        if path is None:
-                            break
-                        window.append(pool.submit(_decode_in_worker, path))
-                    if not window:
-                        return
-                    yield window.popleft().result()
-            except BrokenProcessPool:
-                raise EngineError("a decode worker died (killed, out of memory or a decoder crash); what was "
-                                  "committed is kept: run again to resume, with --workers 0 to find the file"
-                                  ) from None
-
-        yield from _batches(model, decoded(), batch_size)
+        yield from _batches(model, _decoded_in(pool, paths, 2 * batch_size), batch_size)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decoded_in(pool: ProcessPoolExecutor, paths: Sequence[Path], ahead: int):
+    """Decode results of ``paths`` in order, with at most ``ahead`` files in flight: the first
+    batch is ready after ``batch / workers`` decodes, and memory stays bounded however many
+    files there are."""
+    window: collections.deque = collections.deque()
+    todo = iter(paths)
+    try:
+        while True:
+            for path in itertools.islice(todo, ahead - len(window)):
+                window.append(pool.submit(_decode_in_worker, path))
+            if not window:
+                return
+            yield window.popleft().result()
+    except BrokenProcessPool:
+        raise EngineError("a decode worker died (killed, out of memory or a decoder crash); what was "
+                          "committed is kept: run again to resume, with --workers 0 to find the file") from None
 
 
 def _batches(model, decoded, batch_size: int) -> Iterator[EmbeddedBatch]:
