@@ -333,3 +333,19 @@ def test_a_thousand_files_with_five_percent_bad(tmp_path, model):
     assert 30 <= len(bad) <= 70
     again = index_folder(folder, tmp_path / "idx", model)
     assert (again.added, again.updated, again.unchanged, len(again.skipped)) == (0, 0, len(good), len(bad))
+
+
+def test_train_views_of_a_huge_image_within_the_pixel_cap(tmp_path, monkeypatch, torch_model):
+    """An image within ``--max-pixels`` but far above PIL's own limit (a 16000 x 14464 clip-art
+    PNG) must give `train` its augmented views: PIL checks every ``crop`` against its limit."""
+    from imgembed.featcache import FeatureCache
+
+    path = tmp_path / "big.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (250, 250, 3), np.uint8)).resize((4000, 4000)).save(path)
+    # the same situation, scaled down: any random crop of this image is over twice the limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000_000)
+    got = FeatureCache(tmp_path / "cache", torch_model).features([path], 3, workers=0,
+                                                                  max_pixels=100_000_000)
+    assert got.failed == [] and got.features.shape[:2] == (1, 3)
+    assert np.isfinite(got.features).all()
