@@ -30,22 +30,19 @@ import quality_data
 from quality import OUT, SHOTS, TUNE, HELD_OUT, gallery_of, knn_and_map, l2n, queries_of, splits
 
 
-def features(name: str, views: int):
-    """(paths kept, labels, (n, views, D) joined taps, (n, 1280) untrained embedding)."""
+def features(model, name: str, paths, labels, views: int):
+    """(labels of the files kept, (n, views, D) joined taps, (n, 1280) untrained embedding)."""
     import torch
 
     from imgembed.blend import joined
     from imgembed.featcache import FeatureCache
-    from imgembed.model import load_model
 
-    paths, labels, _ = quality_data.labelled(name)
-    model = load_model("efficientnet_lite0", precision="auto").use_blend_taps()
     got = FeatureCache(OUT / "featcache", model).features(paths, views, workers=2, max_pixels=400_000_000)
     for i, reason in got.failed:
         print(f"  {name}: left out {paths[i]}: {reason}")
-    x = torch.from_numpy(got.features)
     ok = np.asarray(got.ok)
-    return labels[ok], joined(x, model.tap_dims).numpy(), l2n(got.features[:, 0, :model.tap_dims[0]])
+    return labels[ok], joined(torch.from_numpy(got.features), model.tap_dims).numpy(), \
+        l2n(got.features[:, 0, :model.tap_dims[0]])
 
 
 def main() -> None:
@@ -60,15 +57,19 @@ def main() -> None:
     from sklearn.linear_model import LogisticRegression
 
     from imgembed import closedform
+    from imgembed.model import load_model
 
     torch.set_num_threads(2)
     warnings.simplefilter("ignore", ConvergenceWarning)
+    model = load_model("efficientnet_lite0", precision="auto").use_blend_taps()
     rows = {}
     for name in args.sets:
-        if quality_data.labelled(name) is None:
+        got = quality_data.labelled(name)
+        if got is None:
             print(f"{name}: not available, left out")
             continue
-        labels, z, u = features(name, args.views)
+        paths, labels, _ = got
+        labels, z, u = features(model, name, paths, labels, args.views)
         order = splits(labels, args.seed)
         for shots in args.shots:
             g, q = gallery_of(order, shots), queries_of(order, shots)

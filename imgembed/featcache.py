@@ -34,13 +34,28 @@ def backbone_key(model: EmbeddingModel) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def augment_transform(preprocess, seed: int):
-    """A deterministic augmentation for one view (PIL image -> normalised tensor)."""
+class _Shrink:
+    """Box-reduce an image by a whole factor while its short side stays at least ``side``: a view
+    is only ``crop`` pixels wide, and a random crop of a 200 MP drawing would trip PIL's
+    decompression-bomb check, which ``crop`` applies too. (A class, so DataLoader workers can
+    pickle it.)"""
+
+    def __init__(self, side: int):
+        self.side = side
+
+    def __call__(self, image):
+        factor = min(image.size) // self.side
+        return image.reduce(factor) if factor > 1 else image
+
+
+def augmentations(preprocess):
+    """The random views `train` learns from (PIL image -> normalised tensor): random resized
+    crop, flip, colour jitter. Frozen training caches some of them; fine-tuning draws afresh."""
     from torchvision import transforms as T
 
-    generator = torch.Generator().manual_seed(seed)
     mode = T.InterpolationMode(preprocess.interpolation)
-    pipeline = T.Compose([
+    return T.Compose([
+        _Shrink(4 * preprocess.crop),
         T.RandomResizedCrop(preprocess.crop, scale=(0.4, 1.0), interpolation=mode, antialias=True),
         T.RandomHorizontalFlip(),
         T.ColorJitter(0.3, 0.3, 0.3, 0.05),
@@ -48,13 +63,13 @@ def augment_transform(preprocess, seed: int):
         T.Normalize(preprocess.mean, preprocess.std),
     ])
 
+
+def augment_transform(preprocess, seed: int):
+    """A deterministic augmentation for one view (PIL image -> normalised tensor)."""
+    generator = torch.Generator().manual_seed(seed)
+    pipeline = augmentations(preprocess)
+
     def apply(image):
-        # A view is ``crop`` pixels wide: shrink a huge image first (a box filter, by a whole
-        # factor, keeping the short side at least 4x the crop). Faster, and a random crop of a
-        # 200 MP drawing would trip PIL's decompression-bomb check, which ``crop`` applies too.
-        factor = min(image.size) // (4 * preprocess.crop)
-        if factor > 1:
-            image = image.reduce(factor)
         state = torch.get_rng_state()
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         try:

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from .data import LabelledSet, pk_batches, scan_labelled, scan_unlabelled, split
 from .errors import InputError, ModelError
-from .featcache import FeatureCache
+from .featcache import FeatureCache, augmentations
 from .files import atomic_path
 from .config import TrainConfig
 from .losses import contrastive_loss, triplet_loss
@@ -358,8 +358,6 @@ class _FinetuneRunner:
         self.feature_seconds = 0.0
 
     def build(self, head_config: dict):
-        from torchvision import transforms as T
-
         base = load_model(self.config.model, self.config.weights, self.config.precision, inference=False)
         self.model = EmbeddingModel(base.backbone_name, base.backbone, base.weights_id, base.preprocess, head_config,
                                     pooling=base.pooling)
@@ -372,11 +370,7 @@ class _FinetuneRunner:
         self.tuned = trunk[len(trunk) - n:]
         for p in self.tuned.parameters():
             p.requires_grad_(True)
-        pre = self.model.preprocess
-        mode = T.InterpolationMode(pre.interpolation)
-        self.augment = T.Compose([
-            T.RandomResizedCrop(pre.crop, scale=(0.4, 1.0), interpolation=mode, antialias=True),
-            T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3, 0.05), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+        self.augment = augmentations(self.model.preprocess)
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def trainable_state(self) -> dict:
