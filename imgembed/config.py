@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .errors import InputError
+from .errors import InputError, ModelError
 
 PRECISIONS = ("auto", "fp32", "bf16")  # torch inference precision (see imgembed.precision)
 RUNTIMES = ("auto", "onnx", "openvino", "torch")  # inference engine (see imgembed.runtime)
@@ -20,6 +20,20 @@ DUPLICATE_ACTIONS = ("move", "link", "trash")  # see imgembed.tidy
 KEEP_RULES = ("resolution", "size", "oldest", "newest")  # which copy of a duplicate group stays
 DEFAULT_KEEP = ("resolution", "size", "oldest")
 NEGATIVE_WEIGHT = 0.25  # counter-examples' pull in a combined query (imgembed.knn.combine)
+
+
+def parse_pooling(spec: str) -> float | None:
+    """``"avg"`` -> None (average pooling); ``"gem:P"`` -> P (generalised-mean pooling)."""
+    if spec == "avg":
+        return None
+    kind, _, p = spec.partition(":")
+    try:
+        value = float(p)
+    except ValueError:
+        value = 0.0
+    if kind != "gem" or value <= 0:
+        raise ModelError(f"unknown pooling {spec!r} (expected avg or gem:P with P > 0)")
+    return value
 
 
 @dataclass

@@ -58,5 +58,10 @@ class EngineError(ImgembedError):
     """An embedding engine failed (a decode worker died, a Ray cluster), is not installed, or cannot be reached."""
 
 
+class TorchUnavailableError(ModelError):
+    """What was asked for needs torch (training, ``--runtime torch``, a model without an ONNX
+    export), and this install has none."""
+
+
 class RuntimeUnavailableError(ModelError):
     """The inference runtime asked for (ONNX Runtime) is not installed."""

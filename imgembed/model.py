@@ -10,7 +10,6 @@ loadable with ``torch.load(..., weights_only=True)``; see :func:`save_checkpoint
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +18,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__
-from .backbones import (DEFAULT_BACKBONE, build_classifier, default_pooling, default_preprocess, feature_extractor,
-                        get_spec, load_tensors_file)
+from .backbones import (DEFAULT_BACKBONE, build_classifier, feature_extractor, get_spec, load_tensors_file,
+                        model_identity, preprocess_and_pooling)
+from .config import parse_pooling
 from .errors import ModelError
 from .files import atomic_path
 from .preprocess import Preprocess
 
 CHECKPOINT_FORMAT = "imgembed-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-def parse_pooling(spec: str) -> float | None:
-    """``"avg"`` -> None (average pooling); ``"gem:P"`` -> P (generalised-mean pooling)."""
-    if spec == "avg":
-        return None
-    kind, _, p = spec.partition(":")
-    try:
-        value = float(p)
-    except ValueError:
-        value = 0.0
-    if kind != "gem" or value <= 0:
-        raise ModelError(f"unknown pooling {spec!r} (expected avg or gem:P with P > 0)")
-    return value
 
 
 def pool(feature_map: torch.Tensor, spec: str = "avg") -> torch.Tensor:
@@ -133,22 +119,9 @@ class EmbeddingModel(nn.Module):
 
     @property
     def identity(self) -> dict:
-        """What must match for two sets of vectors to be comparable.
-
-        Average pooling is left out, as are ``crop`` preprocessing's defaults, so that indexes
-        built before pooling and fitting were choices keep matching the model that built them.
-        """
-        ident = {
-            "backbone": self.backbone_name,
-            "weights": self.weights_id,
-            "head": self.head_config,
-            "checkpoint": self.checkpoint_id,
-            "dim": self.dim,
-            "preprocess": self.preprocess.to_dict(),
-        }
-        if self.pooling != "avg":
-            ident["pooling"] = self.pooling
-        return json.loads(json.dumps(ident))  # plain JSON types, so it compares equal to a manifest's copy
+        """What must match for two sets of vectors to be comparable (:func:`~imgembed.backbones.model_identity`)."""
+        return model_identity(self.backbone_name, self.weights_id, self.preprocess, self.pooling,
+                              head=self.head_config, checkpoint=self.checkpoint_id, dim=self.dim)
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's last feature map, (N, feature_dim, h, w), then those of ``taps``."""
@@ -239,10 +212,7 @@ def load_model(name_or_checkpoint: str = DEFAULT_BACKBONE, weights: str = "image
     else:
         classifier, weights_id = build_classifier(name_or_checkpoint, weights)
         backbone = feature_extractor(name_or_checkpoint, classifier)
-        if like and like.get("backbone") == name_or_checkpoint and like.get("preprocess"):
-            preprocess, pooling = Preprocess.from_dict(like["preprocess"]), like.get("pooling", "avg")
-        else:
-            preprocess, pooling = default_preprocess(name_or_checkpoint), default_pooling(name_or_checkpoint)
+        preprocess, pooling = preprocess_and_pooling(name_or_checkpoint, like)
         model = EmbeddingModel(name_or_checkpoint, backbone, weights_id, preprocess, pooling=pooling)
         model.source = {"model": name_or_checkpoint, "weights": weights}
     if inference:

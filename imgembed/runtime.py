@@ -1,5 +1,9 @@
 """Where a model runs: ONNX Runtime for embedding, torch for training, export and as the fallback.
 
+A model is exported once per identity and cached. Where torch is not installed (the base
+install), the default backbone's graph is built from its packaged weights instead
+(:func:`without_torch`), and a trained checkpoint brings the export ``train`` wrote beside it.
+
 Embedding (``index``, ``search``, ``classify``, ``compare``, ``serve``) runs an ONNX export of
 the model under ONNX Runtime when ``onnxruntime`` is installed: about twice torch's throughput
 on CPU and a process that never imports torch, so a query costs a fraction of a second. A model
@@ -31,8 +35,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
+from .backbones import torch_available
 from .config import RUNTIMES
-from .errors import ModelError, RuntimeUnavailableError
+from .errors import ModelError, RuntimeUnavailableError, TorchUnavailableError
 from .files import atomic_path, user_cache
 from .preprocess import Preprocess
 
@@ -54,7 +59,8 @@ def openvino_available() -> bool:
 
 def choose(runtime: str = "auto", precision: str = "auto") -> str:
     """``"onnx"``, ``"openvino"`` or ``"torch"``. ``auto`` takes ONNX Runtime where it is
-    installed, unless bf16 was asked for explicitly (the exports run in fp32)."""
+    installed, unless bf16 was asked for explicitly and torch is there to run it (the exports
+    run in fp32)."""
     if runtime not in RUNTIMES:
         raise ModelError(f"runtime must be one of {'|'.join(RUNTIMES)}, not {runtime!r}")
     if runtime == "onnx" and not onnx_available():
@@ -64,7 +70,10 @@ def choose(runtime: str = "auto", precision: str = "auto") -> str:
         raise RuntimeUnavailableError("--runtime openvino needs openvino and onnxruntime: pip install openvino "
                                       "onnxruntime (or use --runtime onnx)")
     if runtime == "auto":
-        return "onnx" if onnx_available() and precision != "bf16" else "torch"
+        return "onnx" if onnx_available() and (precision != "bf16" or not torch_available()) else "torch"
+    if runtime == "torch" and not torch_available():
+        raise TorchUnavailableError("--runtime torch needs torch, which this install lacks: "
+                                    "pip install 'imgembed[train]' (or leave --runtime at auto)")
     return runtime
 
 
@@ -117,8 +126,9 @@ class OnnxModel:
     runtime = "onnx"
     precision = "fp32"
 
-    def __init__(self, path: Path, meta: dict):
-        self.path, self.meta = path, meta
+    def __init__(self, path: Path | None, meta: dict, data: bytes | None = None):
+        """The export at ``path``, or, where the cache cannot hold one, the serialised graph ``data``."""
+        self.path, self.meta, self._data = path, meta, data
         self.identity = meta["identity"]
         self.source = meta["source"]
         self.preprocess = Preprocess.from_dict(self.identity["preprocess"])
@@ -128,7 +138,7 @@ class OnnxModel:
         self._open()
 
     def _open(self) -> None:
-        self.session = _session(self.path)
+        self.session = _session(self.path) if self._data is None else _session_in_memory(self._data)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"images": batch})[0]
@@ -206,6 +216,15 @@ def _session(path: Path):
         raise ModelError(f"{path}: not a loadable ONNX model ({type(e).__name__}); delete it to re-export") from None
 
 
+def _session_in_memory(data: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
 def _machine_tag(ort_version: str) -> str:
     """What an optimised graph depends on: the ONNX Runtime version and the CPU's features."""
     flags = ""
@@ -267,8 +286,6 @@ def export(model: "EmbeddingModel", source: str | None = None, engine: str = "on
     model). An engine other than ONNX Runtime that does not reproduce them leaves the export
     under ONNX Runtime. Tracing runs outside autocast, so the graph is fp32 whatever precision
     the torch model runs at."""
-    import torch
-
     directory, key = cache_dir(), identity_key(model.identity)
     sample = _check_batch(model.preprocess)
     reference = model.embed_array(sample)
@@ -276,25 +293,17 @@ def export(model: "EmbeddingModel", source: str | None = None, engine: str = "on
     try:
         if onnx is None:
             directory.mkdir(parents=True, exist_ok=True)
-            with atomic_path(directory / f"{key}.onnx", durable=False) as tmp, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with torch.no_grad():
-                    torch.onnx.export(model, (torch.from_numpy(sample),), str(tmp), dynamo=False,
-                                      opset_version=OPSET, input_names=["images"], output_names=["embeddings"],
-                                      dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}})
+            with atomic_path(directory / f"{key}.onnx", durable=False) as tmp:
+                torch_version = _torch_export(model, sample, tmp)
             meta = {"identity": model.identity, "source": model.source, "imgembed": __version__,
-                    "torch": torch.__version__, "opset": OPSET}
+                    "torch": torch_version, "opset": OPSET}
             onnx = OnnxModel(directory / f"{key}.onnx", meta)
         if not onnx.matches(reference, sample):
             return None
         if "check" not in onnx.meta:  # the torch vectors other engines must reproduce
             onnx.meta["check"] = reference.tolist()
-            with atomic_path(directory / f"{key}.json", durable=False) as tmp:
-                tmp.write_text(json.dumps(onnx.meta, indent=1))
-        if source is not None:
-            (directory / "sources").mkdir(exist_ok=True)
-            with atomic_path(directory / "sources" / f"{source}.json", durable=False) as tmp:
-                tmp.write_text(json.dumps(model.identity))
+            _write_meta(onnx.meta)
+        _record_source(source, model.identity)
         if engine != "onnx":
             other = _engine(engine, onnx.path, onnx.meta)
             if other is not None and other.matches(reference, sample):
@@ -302,6 +311,150 @@ def export(model: "EmbeddingModel", source: str | None = None, engine: str = "on
     except Exception:  # no cache folder, a full disk, no onnx package, an op the exporter lacks:
         return None  # each leaves the torch model, which is always right
     return onnx
+
+
+def _torch_export(model: "EmbeddingModel", sample: np.ndarray, dest: Path) -> str:
+    """Trace ``model`` into an ONNX file at ``dest``; returns torch's version."""
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(sample),), str(dest), dynamo=False,
+                          opset_version=OPSET, input_names=["images"], output_names=["embeddings"],
+                          dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}})
+    return torch.__version__
+
+
+def _write_meta(meta: dict) -> None:
+    with atomic_path(cache_dir() / f"{identity_key(meta['identity'])}.json", durable=False) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+
+
+def _record_source(source: str | None, identity: dict) -> None:
+    """Remember which model a :func:`source_key` loads, so that the next load needs no torch."""
+    if source is None:
+        return
+    try:
+        (cache_dir() / "sources").mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_dir() / "sources" / f"{source}.json", durable=False) as tmp:
+            tmp.write_text(json.dumps(identity))
+    except OSError:  # a read-only cache: the next load finds the model by building its identity again
+        pass
+
+
+# -- models without torch ----------------------------------------------------------------------
+
+def without_torch(name_or_checkpoint: str, weights: str, like: dict | None, source: str,
+                  engine: str = "onnx") -> OnnxModel | None:
+    """The model ``load_model(name_or_checkpoint, weights, like=like)`` would load, as an ONNX
+    model made without torch, or None where that takes torch: the default backbone by name is
+    built from its packaged weights (:mod:`imgembed.lite_onnx`); a checkpoint brings the export
+    that ``train`` wrote beside it (:func:`write_beside`)."""
+    path = Path(name_or_checkpoint)
+    if name_or_checkpoint.endswith(".pt") or path.is_file():
+        return _from_beside(path, source, engine)
+    return _built(name_or_checkpoint, weights, like, source, engine)
+
+
+def _built(name: str, weights: str, like: dict | None, source: str, engine: str) -> OnnxModel | None:
+    from . import lite_arch, lite_onnx
+    from .backbones import model_identity, preprocess_and_pooling
+
+    if not lite_onnx.buildable(name, weights):
+        return None
+    preprocess, pooling = preprocess_and_pooling(name, like)
+    identity = model_identity(name, lite_arch.imagenet_weights_id(), preprocess, pooling)
+    if cached(identity) is None:
+        import onnx
+
+        path = cache_dir() / f"{identity_key(identity)}.onnx"
+        meta = {"identity": identity, "source": {"model": name, "weights": weights}, "imgembed": __version__,
+                "built": "imgembed.lite_onnx", "opset": lite_onnx.OPSET}
+        graph = lite_onnx.build(pooling)
+        try:
+            _store(lambda tmp: onnx.save(graph, str(tmp)), path, meta)
+        except ModelError:
+            if torch_available():
+                return None  # the torch model does the work, as when an export cannot be cached
+            return OnnxModel(None, meta, graph.SerializeToString())  # built again by the next process
+    _record_source(source, identity)
+    return cached(identity, engine)
+
+
+def _store(write, path: Path, meta: dict) -> None:
+    """Write an export with ``write(tmp_path)`` and its metadata into the cache; the check
+    vectors other engines must reproduce are ONNX Runtime's own where no torch model made them."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, durable=False) as tmp:
+            write(tmp)
+        if "check" not in meta:
+            model = OnnxModel(path, meta)
+            meta["check"] = model.embed_array(_check_batch(model.preprocess)).tolist()
+        _write_meta(meta)
+    except OSError as e:
+        raise ModelError(f"cannot write the model cache {path.parent} ({e.strerror or e}); set "
+                         "IMGEMBED_MODEL_CACHE to a writable folder") from None
+
+
+BESIDE_KEY = "imgembed"  # the ONNX metadata entry of an export beside a checkpoint: its meta, as JSON
+
+
+def beside_path(checkpoint: str | Path) -> Path:
+    """Where ``train`` writes a checkpoint's ONNX export: ``mine.pt`` -> ``mine.onnx``."""
+    return Path(checkpoint).with_suffix(".onnx")
+
+
+def write_beside(model: "EmbeddingModel", checkpoint: str | Path) -> Path:
+    """Export ``model``, loaded from ``checkpoint``, to :func:`beside_path`, with its identity and
+    the torch vectors of the check batch in the file's metadata, so that an install without
+    torch embeds with it (:func:`without_torch`). Raises :class:`ModelError` when the export
+    does not reproduce the torch model."""
+    import onnx
+    import onnxruntime as ort
+
+    sample = _check_batch(model.preprocess)
+    reference = model.embed_array(sample)
+    dest = beside_path(checkpoint)
+    with atomic_path(dest) as tmp:
+        torch_version = _torch_export(model, sample, tmp)
+        graph = onnx.load(str(tmp))
+        meta = {"identity": model.identity, "weights": model.source.get("weights", "imagenet"),
+                "imgembed": __version__, "torch": torch_version, "opset": OPSET, "check": reference.tolist()}
+        onnx.helper.set_model_props(graph, {BESIDE_KEY: json.dumps(meta)})
+        onnx.save(graph, str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        out = session.run(None, {"images": sample})[0]
+        out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        if float((out * reference).sum(axis=1).min()) < PARITY_MIN_COSINE:
+            raise ModelError(f"{dest}: the ONNX export does not reproduce the torch model; the checkpoint "
+                             "still works where torch is installed")
+    return dest
+
+
+def _from_beside(checkpoint: Path, source: str, engine: str) -> OnnxModel | None:
+    """The export beside ``checkpoint``, copied into the cache; None when there is none, or it
+    was written for another version of the checkpoint (a re-trained file at the same path)."""
+    import onnx
+
+    side = beside_path(checkpoint)
+    if not (side.is_file() and checkpoint.is_file()):
+        return None
+    try:
+        props = {p.key: p.value for p in onnx.load(str(side), load_external_data=False).metadata_props}
+        meta = json.loads(props[BESIDE_KEY])
+        identity = meta["identity"]
+    except Exception:  # noqa: BLE001 - onnx's own errors: a truncated or foreign file
+        return None
+    if identity.get("checkpoint") != _file_digest(checkpoint):
+        return None
+    if cached(identity) is None:
+        import shutil
+
+        meta = {**meta, "source": {"model": str(checkpoint.resolve()), "weights": meta.get("weights", "imagenet")}}
+        _store(lambda tmp: shutil.copyfile(side, tmp), cache_dir() / f"{identity_key(identity)}.onnx", meta)
+    _record_source(source, identity)
+    return cached(identity, engine)
 
 
 def _check_batch(preprocess: Preprocess) -> np.ndarray:

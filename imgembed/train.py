@@ -66,6 +66,8 @@ class TrainResult:
     train_seconds: float
     history: list[EpochLog] = field(default_factory=list)
     blend_weight: float | None = None  # blend head: 0 means the untrained embedding won validation
+    onnx: str | None = None  # the export beside the checkpoint, for installs without torch
+    onnx_problem: str | None = None  # why there is none
 
     @property
     def kept_untrained(self) -> bool:
@@ -80,7 +82,7 @@ class TrainResult:
             "metrics": {k: _round(v) for k, v in self.metrics.items()},
             "best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
             "feature_seconds": round(self.feature_seconds, 2), "train_seconds": round(self.train_seconds, 2),
-            "history": [h.to_dict() for h in self.history],
+            "history": [h.to_dict() for h in self.history], "onnx": self.onnx, "onnx_problem": self.onnx_problem,
             **({"blend_weight": self.blend_weight, "kept_untrained": self.kept_untrained}
                if self.blend_weight is not None else {}),
         }
@@ -176,12 +178,12 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = No
         raise ModelError(f"no epoch was trained (epochs={config.epochs}); nothing written to {out}")
     resume_path(out).unlink(missing_ok=True)
     kept = next((h.metrics for h in history if h.epoch == best_epoch), {})
-    return TrainResult(
+    return _with_export(out, TrainResult(
         checkpoint=str(out), classes=data.classes, dropped_classes=dropped,
         failed=[(str(data.paths[i]), r) for i, r in runner.failed], train_images=len(train_idx),
         val_images=len(val_idx), baseline=baseline, metrics=kept, best_epoch=best_epoch, epochs_run=epoch + 1,
         stopped_early=stopped_early, feature_seconds=runner.feature_seconds,
-        train_seconds=time.perf_counter() - started, history=history)
+        train_seconds=time.perf_counter() - started, history=history))
 
 
 def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: "_FrozenRunner", train_idx, val_idx, out: Path,
@@ -226,12 +228,27 @@ def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: 
     runner.model = model
     _save(runner, config, data, out, metrics, baseline, epochs)
     resume_path(out).unlink(missing_ok=True)
-    return TrainResult(
+    return _with_export(out, TrainResult(
         checkpoint=str(out), classes=data.classes, dropped_classes=dropped,
         failed=[(str(data.paths[i]), r) for i, r in runner.failed], train_images=len(train_idx),
         val_images=len(val_idx), baseline=baseline, metrics=metrics, best_epoch=epochs,
         epochs_run=config.epochs if val_ok and not config.unlabelled else 0, stopped_early=False, feature_seconds=runner.feature_seconds,
-        train_seconds=time.perf_counter() - started, history=history, blend_weight=weight)
+        train_seconds=time.perf_counter() - started, history=history, blend_weight=weight))
+
+
+def _with_export(out: Path, result: TrainResult) -> TrainResult:
+    """Write the checkpoint's ONNX export beside it (:func:`imgembed.runtime.write_beside`), so
+    that an install without torch indexes and searches with it. The checkpoint stands without
+    it: a failed export is reported in the result, not raised."""
+    from .runtime import write_beside
+
+    try:
+        result.onnx = str(write_beside(load_model(str(out), precision="fp32"), out))
+    except ModelError as e:
+        result.onnx_problem = str(e)
+    except Exception as e:  # noqa: BLE001 - the exporter's own errors (an op it lacks)
+        result.onnx_problem = f"ONNX export failed ({type(e).__name__}: {str(e)[:160]})"
+    return result
 
 
 def _save(runner, config: TrainConfig, data: LabelledSet, out: Path, metrics: dict, baseline: dict, epoch: int):
