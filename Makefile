@@ -1,9 +1,12 @@
 # Two entry points for a fresh clone: `make demo` and `make test`. Both create .venv when
-# missing and (re)install the project when pyproject.toml changed; both are idempotent.
+# missing and (re)install the project when pyproject.toml changed; both are idempotent. The
+# demo trains a head, so it installs the train extra (torch) besides the base install; the
+# tests install every extra, and build a base install of their own (tests/test_base_install.py).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 INDEX  := indexes/default
 
 .PHONY: demo test install clean
@@ -13,12 +16,16 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,ray]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e '.[train,openvino,test,ray]'
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[train,openvino]'
+	touch $(DEMO_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/imgembed index sample_images --index $(INDEX)
 	$(BIN)/imgembed info --index $(INDEX)
 	$(BIN)/imgembed search sample_queries/fish_altum_angelfish_01.png sample_queries/vehicles_1989_chevrolet_celebrit_01.png --index $(INDEX) -k 5
