@@ -7,7 +7,8 @@ for new indexes (EfficientNet-Lite0, padded 224 px input, GeM pooling), BatchNor
 exported once to ONNX as `imgembed index` exports it. Engines:
 
 - torch fp32 (the reference) and torch `auto` (bf16 with an fp32 stem where the CPU has it);
-- ONNX Runtime fp32 (what queries run);
+- ONNX Runtime fp32 on torch's export, and on the graph built without torch from the packaged
+  weights (:mod:`imgembed.lite_onnx`: what queries run since the base install has no torch);
 - ONNX Runtime int8: the export quantised statically (QDQ, per-channel weights), calibrated
   on 64 images that are not among the parity images (Debian's openclipart drawings where
   installed, else other crops of the photos);
@@ -170,6 +171,12 @@ def main() -> None:
     onnx = rt.export(reference_model)
     if onnx is None:
         raise SystemExit("the ONNX export failed its parity check; nothing to compare")
+    import onnx as onnx_lib
+
+    from imgembed import lite_onnx
+
+    built_path = work / "built.onnx"
+    onnx_lib.save(lite_onnx.build(reference_model.pooling), str(built_path))
     int8_path = work / "int8.onnx"
     t = time.perf_counter()
     quantise(onnx.path, int8_path, calibration)
@@ -186,11 +193,13 @@ def main() -> None:
         "torch fp32": lambda threads: torch_engine("fp32", threads),
         f"torch auto ({'bf16' if _has_bf16() else 'fp32'} here)": lambda threads: torch_engine("auto", threads),
         "ONNX Runtime fp32": lambda threads: ort_engine(onnx.path, threads),
+        "ONNX Runtime fp32, built without torch": lambda threads: ort_engine(built_path, threads),
         "ONNX Runtime int8": lambda threads: ort_engine(int8_path, threads),
     }
     try:
         import openvino  # noqa: F401
         engines["OpenVINO f32"] = lambda threads: openvino_engine(onnx.path, threads, "f32")
+        engines["OpenVINO f32, built without torch"] = lambda threads: openvino_engine(built_path, threads, "f32")
         engines["OpenVINO bf16 hint"] = lambda threads: openvino_engine(onnx.path, threads, "bf16")
         engines["OpenVINO int8"] = lambda threads: openvino_engine(int8_path, threads, "")
     except ImportError:

@@ -136,3 +136,18 @@ def test_the_builder_is_only_used_for_what_it_builds():
     assert not lite_onnx.buildable("efficientnet_lite0", "none")  # torch's seeded random init
     assert not lite_onnx.buildable("resnet18", "imagenet")
     assert runtime.beside_path("models/mine.pt").as_posix() == "models/mine.onnx"
+
+
+def test_a_full_install_never_imports_torch_to_index_or_query_from_an_empty_cache(tmp_path):
+    """Torch installed but not needed: the first index and query build the graph without it, and
+    `models` lists the backbones without it."""
+    probe = ("import sys; from imgembed.cli import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "print('torch loaded' if 'torch' in sys.modules else 'no torch')")
+    env = {**__import__("os").environ, "IMGEMBED_MODEL_CACHE": str(tmp_path / "empty-cache")}
+    query = QUERIES / "fish_altum_angelfish_01.png"
+    for args in (["index", SAMPLES, "--index", tmp_path / "idx", "-q"], ["search", query, "--index", tmp_path / "idx"],
+                 ["models"]):
+        out = subprocess.run([sys.executable, "-c", probe, *map(str, args)], capture_output=True, text=True,
+                             cwd=ROOT, timeout=300, check=True, env=env).stdout
+        assert out.strip().splitlines()[-1] == "no torch", args
