@@ -22,6 +22,7 @@ import numpy as np
 
 from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model, perceptual_hash
 from .errors import EngineError, ImageLoadError
+from .lifetime import tie_to_parent
 
 if TYPE_CHECKING:
     import torch
@@ -57,9 +58,12 @@ class EmbeddedBatch:
 _worker_args: tuple = ()
 
 
-def _start_worker(*args) -> None:
-    """Pool initialiser: the decode settings, once per worker; Ctrl-C is the parent's to handle."""
+def _start_worker(parent: int, *args) -> None:
+    """Pool initialiser: the worker dies with ``parent``, the process that made the pool, however
+    that dies (:func:`imgembed.lifetime.tie_to_parent`); the decode settings, once per worker;
+    Ctrl-C is the parent's to handle."""
     global _worker_args
+    tie_to_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_args = args
 
@@ -113,7 +117,7 @@ def embed_files(model: "EmbeddingModel | OnnxModel", paths: Sequence[Path], *, b
         return
     # Each file is its own task, two batches ahead (_decoded_in).
     pool = ProcessPoolExecutor(min(workers, len(paths)), mp_context=multiprocessing.get_context(),
-                               initializer=_start_worker, initargs=args)
+                               initializer=_start_worker, initargs=(os.getpid(), *args))
     try:
         yield from _batches(model, _decoded_in(pool, paths, 2 * batch_size), batch_size)
     finally:

@@ -23,6 +23,7 @@ from .embed import default_workers
 from .errors import ImageLoadError
 from .files import atomic_path, content_hash
 from .images import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model
+from .lifetime import worker_init_fn
 from .model import EmbeddingModel
 from .precision import autocast
 
@@ -163,7 +164,7 @@ class FeatureCache:
         loader = torch.utils.data.DataLoader(
             _Views(list(paths), self.dir, self.model.preprocess, views, max_pixels, decode_timeout),
             batch_size=max(1, batch_size // views), num_workers=workers, collate_fn=_collate,
-            prefetch_factor=4 if workers else None)
+            prefetch_factor=4 if workers else None, worker_init_fn=worker_init_fn())
         out: dict[int, np.ndarray] = {}
         failed: list[tuple[int, str]] = []
         computed = done = 0

@@ -28,6 +28,7 @@ import numpy as np
 from .embed import EmbeddedBatch, FileInfo
 from .errors import EngineError
 from .images import DEFAULT_DECODE_TIMEOUT
+from .lifetime import Reaper
 from .model import EmbeddingModel
 
 # Without GPUs, one single-threaded model actor per CPU, and decode tasks beside them, each asking
@@ -54,11 +55,13 @@ def require():
 class _Connection:
     """Use the Ray session this process already has; else join ``address`` or start a local
     cluster on this machine's cores. A session opened here is closed on exit: a joined cluster
-    is left running (the driver only disconnects), a cluster started here is shut down."""
+    is left running (the driver only disconnects), a cluster started here is shut down, and
+    dies with this process however it dies (a :class:`~imgembed.lifetime.Reaper` kills what
+    Ray's own fate-sharing leaves: its agents outlive a SIGKILLed driver by a minute)."""
 
     def __init__(self, address: str | None):
         self.ray = require()
-        self.owned = False
+        self.owned, self.reaper = False, None
         if self.ray.is_initialized():
             return
         self.owned = True
@@ -68,8 +71,11 @@ class _Connection:
             if address:
                 self.ray.init(address=address, **kwargs)
             else:
+                self.reaper = Reaper()
                 self.ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
+            if self.reaper is not None:
+                self.reaper.close(reap=True)
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise EngineError(f"cannot start or reach {where}: {detail}") from None
@@ -77,6 +83,8 @@ class _Connection:
     def close(self) -> None:
         if self.owned:
             self.ray.shutdown()
+        if self.reaper is not None:
+            self.reaper.close()
 
 
 def _decode(batch: dict, preprocess, max_pixels: int, timeout: float) -> dict:

@@ -29,6 +29,7 @@ from .data import LabelledSet, pk_batches, scan_labelled, scan_unlabelled, split
 from .errors import InputError, ModelError
 from .featcache import FeatureCache, augmentations
 from .files import atomic_path
+from .lifetime import worker_init_fn
 from .config import TrainConfig
 from .losses import contrastive_loss, triplet_loss
 from .metrics import retrieval_metrics
@@ -410,7 +411,8 @@ class _FinetuneRunner:
         batches = [self.train_idx[b] for b in pk_batches(labels, self.config.classes_per_batch,
                                                          self.config.images_per_class, rng)]
         loader = torch.utils.data.DataLoader(_Images(self.data.paths, self.augment, self.model.preprocess.min_side), batch_sampler=batches,
-                                             num_workers=self.config.workers or 0, collate_fn=_collate)
+                                             num_workers=self.config.workers or 0, collate_fn=_collate,
+                                             worker_init_fn=worker_init_fn())
         losses = []
         for n, items in enumerate(loader):
             good = [(i, t) for i, t, err in items if err is None]

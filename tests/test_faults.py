@@ -1,16 +1,25 @@
-"""Faults and load: SIGKILL at random moments with resume, and readers running beside a writer."""
+"""Faults and load: SIGKILL at random moments with resume and no process left behind, and
+readers running beside a writer."""
 
+import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
+from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from conftest import ROOT, SAMPLES
 from imgembed.index import ImageIndex
+
+HAS_PROC = Path("/proc/self/stat").exists()
+needs_proc = pytest.mark.skipif(not HAS_PROC, reason="reads processes from /proc (Linux)")
 
 
 def make_folder(folder, copies):
@@ -25,10 +34,102 @@ def make_folder(folder, copies):
     return folder
 
 
-def start_index(folder, index, *extra):
+def start_index(folder, index, *extra, workers=1, env=None):
     return subprocess.Popen([sys.executable, "-m", "imgembed", "index", str(folder), "--index", str(index), "-q",
-                             "--batch-size", "8", "--commit-every", "8", "--workers", "1", *extra],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--batch-size", "8", "--commit-every", "8", "--workers", str(workers), *extra],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def committed(index_dir) -> int:
+    """Images committed so far by a running `index`, read the way a reader would."""
+    try:
+        with sqlite3.connect(f"file:{Path(index_dir) / 'metadata.sqlite'}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _stat(pid):
+    """``(ppid, state)`` of a process, from /proc; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), fields[0].decode()
+
+
+def alive(pid) -> bool:
+    """Running (a zombie is dead: only its exit status is left for a parent to collect)."""
+    stat = _stat(pid)
+    return stat is not None and stat[1] != "Z"
+
+
+def descendants(pid) -> set[int]:
+    """The living processes below ``pid``: children, their children, and so on."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(entry.name)) and stat[1] != "Z":
+            children.setdefault(stat[0], []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def mentioning(text) -> set[int]:
+    """Living processes whose command line contains ``text`` (a forked worker keeps its parent's)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes() and alive(entry.name):
+                found.add(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def describe(pids) -> str:
+    lines = []
+    for pid in sorted(pids):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = "?"
+        lines.append(f"{pid}: {cmd[:160]}")
+    return "\n".join(lines)
+
+
+def left_after_kill(proc, pids, seconds=15.0, also=set) -> set[int]:
+    """SIGKILL ``proc``, then wait up to ``seconds`` for ``pids``, and those ``also()`` finds, to
+    die; those still alive."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + seconds
+    while (left := {p for p in pids if alive(p)} | also()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def assert_none_left(left):
+    found = describe(left)
+    for pid in left:  # not to leave them to the next test either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes of a SIGKILLed run still alive:\n{found}"
+
+
+def wait_for(condition, proc, seconds=300.0, what="the run to get that far"):
+    """Poll ``condition()`` until it returns something true; fail if ``proc`` ends first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}:\n{proc.stderr.read().decode()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
 
 
 def assert_each_file_once(index, folder):
@@ -50,8 +151,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     for attempt in range(4):
         proc = start_index(folder, index)
         time.sleep(rng.uniform(3.0, 9.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        below = (descendants(proc.pid) | mentioning(str(index))) - {proc.pid} if HAS_PROC else set()
+        assert_none_left(left_after_kill(proc, below, also=lambda: mentioning(str(index)) if HAS_PROC else set()))
         if (index / "manifest.json").exists():
             with ImageIndex.open(index) as idx:  # opens, consistent, no duplicates
                 n = idx.store.count()
@@ -69,6 +170,64 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
         hits = idx.search(vecs, k=3)
         # copies differ by one pixel, so a copy may tie with the original; its own row is there
         assert all(i in [h.row.id for h in hs] and hs[0].score > 0.999 for i, hs in zip(ids, hits))
+
+
+@needs_proc
+def test_a_sigkilled_index_leaves_no_process_behind(tmp_path):
+    """A real `index` with two decode workers, SIGKILLed once it has committed work (its
+    workers busy decoding): within a bounded wait no process of that run is left, neither one
+    seen below it nor any other carrying its command line."""
+    folder = make_folder(tmp_path / "photos", 3)  # 240 images
+    index = tmp_path / "idx"
+    proc = start_index(folder, index, workers=2)
+    wait_for(lambda: len(mentioning(str(index)) - {proc.pid}) >= 2 and committed(index) >= 8, proc,
+             what="two decode workers and a first committed chunk")
+    below = (descendants(proc.pid) | mentioning(str(index))) - {proc.pid}
+    assert_none_left(left_after_kill(proc, below, also=lambda: mentioning(str(index))))
+
+
+# A pool made and first used by a thread that then exits: its workers must live on (the kernel's
+# parent-death signal follows the forking thread, not the process) and still die with the process.
+POOL_FROM_A_THREAD = textwrap.dedent("""
+    import multiprocessing, os, sys, threading, time
+    from concurrent.futures import ProcessPoolExecutor
+    from imgembed.lifetime import tie_to_parent
+
+    def main():
+        pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(sys.argv[1]),
+                                   initializer=tie_to_parent, initargs=(os.getpid(),))
+        first = []
+        # the thread waits for results, so each worker ties itself to its parent while it runs
+        thread = threading.Thread(target=lambda: first.extend(f.result() for f in [pool.submit(os.getpid)
+                                                                                   for _ in range(4)]))
+        thread.start()
+        thread.join()
+        while os.path.exists(f"/proc/self/task/{thread.native_id}"):  # until the OS thread is gone
+            time.sleep(0.01)
+        workers = set(pool._processes)  # pid -> process, every worker the pool has
+        later = {pool.submit(os.getpid).result() for _ in range(8)}
+        assert later <= workers and set(pool._processes) == workers, (workers, later)
+        print(" ".join(map(str, sorted(workers))), flush=True)
+        time.sleep(600)
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+@needs_proc
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_pool_workers_outlive_the_thread_that_forked_them_but_not_the_process(tmp_path, method):
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_FROM_A_THREAD)
+    proc = subprocess.Popen([sys.executable, str(script), method], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    line = proc.stdout.readline().decode()
+    assert line.strip(), f"the pool did not keep its workers:\n{proc.stderr.read().decode()}"
+    workers = {int(p) for p in line.split()}
+    assert len(workers) == 2 and all(alive(p) for p in workers)
+    below = descendants(proc.pid) | workers  # under forkserver and spawn, helpers besides the workers
+    assert_none_left(left_after_kill(proc, below))
 
 
 READER = r"""

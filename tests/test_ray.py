@@ -15,7 +15,8 @@ import pytest
 
 from badfiles import EXPECTED, make_bad_folder
 from conftest import ROOT, SAMPLES, run_cli
-from test_faults import assert_each_file_once, make_folder
+from test_faults import (assert_each_file_once, assert_none_left, committed, descendants, left_after_kill, make_folder,
+                         needs_proc, wait_for)
 
 if os.environ.get("IMGEMBED_TEST_RAY") == "required":  # set by .ci/run: never skip there
     import ray
@@ -134,6 +135,36 @@ def test_ray_run_survives_a_killed_model_worker_and_resumes_after_a_killed_drive
     assert report["added"] == 240 - driver_killed_at and report["unchanged"] == driver_killed_at
     _, n = assert_each_file_once(index, folder)
     assert n == 240
+
+
+@needs_proc
+def test_a_sigkilled_driver_takes_the_local_cluster_it_started_along(tmp_path):
+    """Without an address the CLI starts a local Ray cluster of its own. SIGKILLed mid-run (its
+    model actor embedding, batches committed), it leaves none of that cluster's processes behind
+    within a bounded wait: GCS, raylet, agents, workers, actors. (Ray alone left its dashboard and
+    runtime-env agents for about a minute.)"""
+    folder = make_folder(tmp_path / "photos", 3)  # 240 images
+    index = tmp_path / "idx"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join another cluster
+    proc = subprocess.Popen([sys.executable, "-m", "imgembed", "index", str(folder), "--index", str(index), "-q",
+                             "--engine", "ray", "--batch-size", "8", "--commit-every", "8"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def mid_run():
+        below = descendants(proc.pid)
+        titles = " ".join(_cmdline(p) for p in below)
+        return below if "raylet" in titles and "MapWorker(MapBatches(_Embed))" in titles and committed(index) >= 16 else None
+
+    below = wait_for(mid_run, proc, what="its own raylet, a model actor and two committed chunks")
+    below |= descendants(proc.pid)
+    assert_none_left(left_after_kill(proc, below))
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_engine_ray_without_ray_installed_says_how_to_install(tmp_path):
