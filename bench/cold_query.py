@@ -32,7 +32,6 @@ sys.path.insert(0, str(HERE))
 from common import run_measured  # noqa: E402
 
 
-
 def build(directory: Path, n: int) -> None:
     from imgembed.api import embed, load_model
     from imgembed.index import ImageIndex

@@ -1,4 +1,4 @@
-"""How much a counter-example should count in a combined query (imgembed.knn.combine's weight).
+"""How much a counter-example should count in a combined query (imgembed.collection.knn.combine's weight).
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python bench/combined_queries.py [--tasks 300] [--sets clipart digits fashion photos]
@@ -25,8 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_data import labelled  # noqa: E402
 
-from imgembed import api, knn  # noqa: E402
-from imgembed.embed import embed_files  # noqa: E402
+from imgembed import api  # noqa: E402
+from imgembed.collection import knn
+from imgembed.inference.pool import embed_files  # noqa: E402
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 TUNING = ("clipart",)

@@ -33,7 +33,7 @@ def timed(fn, repeats: int = 7) -> float:
 
 def main() -> None:
     from imgembed.api import embed, load_model
-    from imgembed.images import read_image
+    from imgembed.imaging.decode import read_image
 
     photo = Image.fromarray(skdata.coffee()).resize((4000, 3000), Image.BICUBIC)
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ saved as JPEG. The real `imgembed index` embeds the folder; then, for every meth
   copies of one original.
 
 Methods: imgembed's raw cosine at thresholds, the score of `imgembed duplicates`
-(:mod:`imgembed.dedup`: relative, background-normalised score with its cosine floor, or
+(:mod:`imgembed.collection.dedup`: relative, background-normalised score with its cosine floor, or
 stored perceptual hashes that nearly agree on a pair of embedding neighbours) at thresholds,
 the hash rule at other distances and cosines, and imagededup's PHash at its default Hamming
 distance (10) and at 4 and 16 (pip install imagededup).
@@ -28,9 +28,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
-
 import quality_data
+from PIL import Image, ImageEnhance
 from quality import skimage_photos
 from quality_data import HERE
 
@@ -184,8 +183,8 @@ def main() -> None:
     if args.report:
         print(summary(json.loads(Path(args.report).read_text()), args.seed))
         return
-    from imgembed import dedup
     from imgembed.api import index_folder, load_model
+    from imgembed.collection import dedup
     from imgembed.index import ImageIndex
 
     model = load_model()
@@ -228,7 +227,7 @@ def main() -> None:
                 res["methods"][f"rel+hash<={d} cos>={floor}"] = evaluate_pairs(
                     {(paths[a], paths[b]) for a, b in scored.pairs[keep]}, truth, kind)
         if args.unlabelled:
-            from imgembed.train import TrainConfig, train
+            from imgembed.train.loop import TrainConfig, train
 
             head = OUT / f"unlabelled-{kind}-{args.originals}-{args.seed}.pt"
             if not head.is_file():

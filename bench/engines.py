@@ -8,7 +8,7 @@ exported once to ONNX as `imgembed index` exports it. Engines:
 
 - torch fp32 (the reference) and torch `auto` (bf16 with an fp32 stem where the CPU has it);
 - ONNX Runtime fp32 on torch's export, and on the graph built without torch from the packaged
-  weights (:mod:`imgembed.lite_onnx`: what queries run since the base install has no torch);
+  weights (:mod:`imgembed.model.lite_onnx`: what queries run since the base install has no torch);
 - ONNX Runtime int8: the export quantised statically (QDQ, per-channel weights), calibrated
   on 64 images that are not among the parity images (Debian's openclipart drawings where
   installed, else other crops of the photos);
@@ -40,10 +40,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from imgembed import runtime as rt  # noqa: E402
-from imgembed.files import iter_images  # noqa: E402
-from imgembed.images import read_image  # noqa: E402
-from imgembed.model import load_model  # noqa: E402
+from imgembed.imaging.decode import read_image  # noqa: E402
+from imgembed.imaging.files import iter_images  # noqa: E402
+from imgembed.inference import runtime as rt  # noqa: E402
+from imgembed.model.network import load_model  # noqa: E402
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "retina", "immunohistochemistry", "cat", "motorcycle_left"]
 BATCH = 32
@@ -173,7 +173,7 @@ def main() -> None:
         raise SystemExit("the ONNX export failed its parity check; nothing to compare")
     import onnx as onnx_lib
 
-    from imgembed import lite_onnx
+    from imgembed.model import lite_onnx
 
     built_path = work / "built.onnx"
     onnx_lib.save(lite_onnx.build(reference_model.pooling), str(built_path))
@@ -242,7 +242,7 @@ def main() -> None:
 
 
 def _has_bf16() -> bool:
-    from imgembed.precision import resolve
+    from imgembed.model.precision import resolve
 
     return resolve("auto") == "bf16"
 

@@ -68,9 +68,9 @@ def main() -> None:
     parser.add_argument("--fresh-cache", action="store_true", help="Time feature caching from scratch.")
     args = parser.parse_args()
 
-    from imgembed.evaluate import evaluate
-    from imgembed.model import load_model
-    from imgembed.train import TrainConfig, train
+    from imgembed.model.network import load_model
+    from imgembed.train.evaluate import evaluate
+    from imgembed.train.loop import TrainConfig, train
 
     ensure_debian_package("dataset-fashion-mnist", SOURCE / "train-images-idx3-ubyte.gz")
     root = HERE / "data" / "fashion-mnist"

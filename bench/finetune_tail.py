@@ -23,7 +23,6 @@ import copy
 import time
 
 import numpy as np
-
 import quality_data
 from quality import _Set, gallery_of, knn_and_map, l2n, queries_of, splits
 
@@ -40,9 +39,9 @@ def main() -> None:
     import torch
     from torch.nn import functional as F
 
-    from imgembed import closedform
-    from imgembed.blend import joined
-    from imgembed.model import load_model, pool
+    from imgembed.model.network import load_model, pool
+    from imgembed.train import closedform
+    from imgembed.train.blend import joined
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

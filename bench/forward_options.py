@@ -14,10 +14,11 @@ from __future__ import annotations
 import time
 
 import torch
-from common import images_per_second
 
-from imgembed.model import load_model
-from imgembed.precision import autocast, resolve
+from imgembed.model.network import load_model
+from imgembed.model.precision import autocast, resolve
+
+from common import images_per_second
 
 
 def main() -> None:

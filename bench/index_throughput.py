@@ -93,7 +93,7 @@ def make_small(dest: Path, count: int) -> Path:
 
 
 def files_of(folder: Path) -> list[Path]:
-    from imgembed.files import iter_images
+    from imgembed.imaging.files import iter_images
 
     return list(iter_images(folder))
 
@@ -108,7 +108,7 @@ def baseline(files: list[Path]) -> tuple[float, np.ndarray]:
     """The plain loop; returns (images/s, vectors)."""
     from torchvision import transforms as T
 
-    from imgembed.model import load_model
+    from imgembed.model.network import load_model
 
     start = time.perf_counter()
     model = load_model(precision="fp32", inference=False, like=LEGACY).to(memory_format=torch.contiguous_format)
@@ -145,9 +145,9 @@ def ceiling(runtime: str, batch_size: int = 64) -> float:
 def decode_cost(files: list[Path]) -> float:
     """Seconds per file of what a decode worker does: read, hash, decode (draft mode), the
     perceptual hash and the default model's preprocessing."""
-    from imgembed.backbones import default_preprocess
-    from imgembed.embed import decode
-    from imgembed.images import DEFAULT_MAX_PIXELS
+    from imgembed.imaging.decode import DEFAULT_MAX_PIXELS
+    from imgembed.inference.pool import decode
+    from imgembed.model.backbones import default_preprocess
 
     pre = default_preprocess("efficientnet_lite0")
     sample = files[:40]
@@ -163,8 +163,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2000, help="small PNGs made from the sample drawings")
     args = parser.parse_args()
     from imgembed.api import embed
-    from imgembed.model import load_model
-    from imgembed.precision import resolve
+    from imgembed.model.network import load_model
+    from imgembed.model.precision import resolve
 
     photos = make_photos(HERE / "data" / "photos12mp", args.photos)
     small = make_small(HERE / "data" / "small_png", args.small)

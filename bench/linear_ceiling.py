@@ -1,7 +1,7 @@
 """How much can any linear head on the frozen features gain? An optimistic ceiling, per set.
 
 `imgembed train`'s default head is linear on the frozen backbone: the last map's pooled channels
-and four mid-level taps (imgembed.blend). This asks what the best *linear classifier* on exactly
+and four mid-level taps (imgembed.train.blend). This asks what the best *linear classifier* on exactly
 those features reaches on the few-shot splits of ``bench/quality.py`` (seed 0), with its
 regularisation and number of views chosen on the test queries themselves: an oracle, not a
 method anyone could ship. It is a yardstick, not a proof (a k-NN vote is not a linear
@@ -25,17 +25,16 @@ import argparse
 import warnings
 
 import numpy as np
-
 import quality_data
-from quality import OUT, SHOTS, TUNE, HELD_OUT, gallery_of, knn_and_map, l2n, queries_of, splits
+from quality import HELD_OUT, OUT, SHOTS, TUNE, gallery_of, knn_and_map, l2n, queries_of, splits
 
 
 def features(model, name: str, paths, labels, views: int):
     """(labels of the files kept, (n, views, D) joined taps, (n, 1280) untrained embedding)."""
     import torch
 
-    from imgembed.blend import joined
-    from imgembed.featcache import FeatureCache
+    from imgembed.train.blend import joined
+    from imgembed.train.featcache import FeatureCache
 
     got = FeatureCache(OUT / "featcache", model).features(paths, views, workers=2, max_pixels=400_000_000)
     for i, reason in got.failed:
@@ -56,8 +55,8 @@ def main() -> None:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from imgembed import closedform
-    from imgembed.model import load_model
+    from imgembed.model.network import load_model
+    from imgembed.train import closedform
 
     torch.set_num_threads(2)
     warnings.simplefilter("ignore", ConvergenceWarning)

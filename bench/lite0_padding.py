@@ -16,9 +16,10 @@ from PIL import Image
 from skimage import data as skdata
 from torch.nn import functional as F
 
-from imgembed.backbones import build_classifier
-from imgembed.efficientnet_lite import PREPROCESS_MEAN, PREPROCESS_STD, SameConv2d
-from imgembed.preprocess import Preprocess
+from imgembed.imaging.preprocess import Preprocess
+from imgembed.model.backbones import build_classifier
+from imgembed.model.efficientnet_lite import SameConv2d
+from imgembed.model.lite_arch import PREPROCESS_MEAN, PREPROCESS_STD
 
 # photo -> ImageNet class indices that count as right
 PHOTOS = {"chelsea": {281, 282, 283, 284, 285}, "coffee": {967}, "camera": {872}, "rocket": {657, 744}}

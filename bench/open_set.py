@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--cache", default=str(HERE / "data" / "cache"))
     args = parser.parse_args()
 
-    from imgembed.train import TrainConfig, train
+    from imgembed.train.loop import TrainConfig, train
 
     ensure_debian_package("openclipart-png", CLIPART)
     data = HERE / "data" / "openclipart"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import images_per_second
 
 from imgembed.api import embed
-from imgembed.embed import embed_tensor
-from imgembed.model import load_model
+from imgembed.model.network import embed_tensor, load_model
+
+from common import images_per_second
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 

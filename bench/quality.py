@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
-
 import quality_data
+from PIL import Image, ImageEnhance, ImageFilter
 from quality_data import HERE, KIND
 
 OUT = HERE / "data" / "quality"
@@ -57,7 +56,7 @@ VARIANTS = {  # name -> (fit, resize, size)
 # -- features ---------------------------------------------------------------------------------
 
 def _model(fit="crop", resize=256, size=224, pooling="avg"):
-    from imgembed.model import load_model
+    from imgembed.model.network import load_model
 
     like = {"backbone": "efficientnet_lite0", "pooling": pooling, "preprocess": {
         "resize": resize, "crop": size, "mean": [127 / 255] * 3, "std": [128 / 255] * 3,
@@ -66,7 +65,7 @@ def _model(fit="crop", resize=256, size=224, pooling="avg"):
 
 
 def _load(item, min_side):
-    from imgembed.images import read_image, to_rgb
+    from imgembed.imaging.decode import read_image, to_rgb
 
     if isinstance(item, Image.Image):
         return to_rgb(item)
@@ -88,8 +87,8 @@ def feature_maps_pooled(model, items, poolings, batch=32) -> dict[str, np.ndarra
     """Pool each image's feature map every way in ``poolings``: {pooling: (n, 1280) float32}."""
     import torch
 
-    from imgembed.model import pool
-    from imgembed.precision import autocast
+    from imgembed.model.network import pool
+    from imgembed.model.precision import autocast
 
     loader = torch.utils.data.DataLoader(_Set(items, model.preprocess.transform(), model.preprocess.min_side),
                                          batch_size=batch, num_workers=2)
@@ -216,14 +215,14 @@ def skimage_photos() -> list[Path]:
 # -- methods ----------------------------------------------------------------------------------
 
 def knn_and_map(q, ql, g, gl) -> dict:
-    from imgembed.metrics import retrieval_metrics
+    from imgembed.collection.metrics import retrieval_metrics
 
     m = retrieval_metrics(q, ql, g, gl)
     return {"knn": m["knn_accuracy"], "map": m["map_at_r"]}
 
 
 def open_metrics(x, labels) -> dict:
-    from imgembed.metrics import retrieval_metrics
+    from imgembed.collection.metrics import retrieval_metrics
 
     m = retrieval_metrics(x, labels)
     return {"map": m["map_at_r"], "r1": m["precision_at_1"]}
@@ -250,10 +249,10 @@ def pooled(model, items, batch=32) -> np.ndarray:
     (the last feature map, then the taps of a head that has them)."""
     import torch
 
-    from imgembed.precision import autocast
+    from imgembed.model.precision import autocast
 
     if all(isinstance(i, Path) for i in items):
-        from imgembed.featcache import FeatureCache
+        from imgembed.train.featcache import FeatureCache
 
         got = FeatureCache(OUT / "featcache", model).features(items, 1, workers=2, max_pixels=400_000_000)
         assert len(got.ok) == len(items), got.failed[:3]
@@ -270,11 +269,11 @@ def pooled(model, items, batch=32) -> np.ndarray:
 
 def tapped_joined(paths) -> np.ndarray:
     """The default model's pooled last map and mid-level taps, each part unit-normalised and
-    joined as the trained head's projection reads them (imgembed.blend.joined)."""
+    joined as the trained head's projection reads them (imgembed.train.blend.joined)."""
     import torch
 
-    from imgembed.blend import joined
-    from imgembed.model import load_model
+    from imgembed.model.network import load_model
+    from imgembed.train.blend import joined
 
     model = load_model("efficientnet_lite0", precision="auto").use_blend_taps()
     return joined(torch.from_numpy(pooled(model, list(paths))), model.tap_dims).numpy()
@@ -284,7 +283,7 @@ def apply_head(checkpoint, items) -> np.ndarray:
     """The checkpoint's embeddings of ``items`` (the vectors `index` would store)."""
     import torch
 
-    from imgembed.model import load_model
+    from imgembed.model.network import load_model
 
     model = load_model(str(checkpoint), precision="auto")
     with torch.no_grad():
@@ -305,7 +304,7 @@ class Trainer:
         return hashlib.sha256(json.dumps([name, idx.tolist(), unlabelled]).encode()).hexdigest()[:12]
 
     def __call__(self, name, idx, labels, classes, evaluate_idx_list, unlabelled=False):
-        from imgembed.train import TrainConfig, train
+        from imgembed.train.loop import TrainConfig, train
 
         key = self.key(name, idx, unlabelled)
         folder = OUT / "splits" / key
@@ -325,7 +324,7 @@ class Trainer:
 
 def methods_on(name, feats, default_name, fit_idx, labels, classes, trainer):
     """{method: function(indices) -> embeddings} fitted on ``fit_idx``."""
-    from imgembed import closedform
+    from imgembed.train import closedform
 
     d = feats[default_name]
     out = {"legacy": lambda ix: feats["legacy"][ix], "default": lambda ix: d[ix]}
@@ -365,7 +364,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from imgembed.backbones import LITE0_FIT, LITE0_POOLING, LITE0_SIZE
+    from imgembed.model.backbones import LITE0_FIT, LITE0_POOLING, LITE0_SIZE
 
     default_variant = f"{LITE0_FIT}{LITE0_SIZE}"
     results = {"sets": {}, "default": {"fit": LITE0_FIT, "size": LITE0_SIZE, "pooling": LITE0_POOLING}}

@@ -25,9 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from many_files import make_folder
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,16 +10,16 @@ from dataclasses import asdict, dataclass
 
 from .errors import InputError, ModelError
 
-PRECISIONS = ("auto", "fp32", "bf16")  # torch inference precision (see imgembed.precision)
-RUNTIMES = ("auto", "onnx", "openvino", "torch")  # inference engine (see imgembed.runtime)
-MINERS = ("batch-hard", "semi-hard", "all")  # see imgembed.losses
+PRECISIONS = ("auto", "fp32", "bf16")  # torch inference precision (see imgembed.model.precision)
+RUNTIMES = ("auto", "onnx", "openvino", "torch")  # inference engine (see imgembed.inference.runtime)
+MINERS = ("batch-hard", "semi-hard", "all")  # see imgembed.train.losses
 HEADS = ("blend", "mlp", "linear")
 LOSSES = ("triplet", "contrastive")
 SPLITS = ("images", "classes")
-DUPLICATE_ACTIONS = ("move", "link", "trash")  # see imgembed.tidy
+DUPLICATE_ACTIONS = ("move", "link", "trash")  # see imgembed.collection.tidy
 KEEP_RULES = ("resolution", "size", "oldest", "newest")  # which copy of a duplicate group stays
 DEFAULT_KEEP = ("resolution", "size", "oldest")
-NEGATIVE_WEIGHT = 0.25  # counter-examples' pull in a combined query (imgembed.knn.combine)
+NEGATIVE_WEIGHT = 0.25  # counter-examples' pull in a combined query (imgembed.collection.knn.combine)
 
 
 def parse_pooling(spec: str) -> float | None:

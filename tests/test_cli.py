@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from badfiles import EXPECTED, halves, make_bad_folder
+
 from conftest import QUERIES, ROOT, SAMPLES, run_cli, run_json
 
 
@@ -136,7 +136,7 @@ def test_bad_files_are_skipped_and_named_good_ones_searchable(tmp_path):
 def test_checkpoint_model_is_remembered_by_the_index(tmp_path, torch_model):
     import torch
 
-    from imgembed.model import EmbeddingModel, save_checkpoint
+    from imgembed.model.network import EmbeddingModel, save_checkpoint
 
     torch.manual_seed(0)
     model = torch_model

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import ROOT, SAMPLES
 from imgembed.index import ImageIndex
+
+from conftest import ROOT, SAMPLES
 
 HAS_PROC = Path("/proc/self/stat").exists()
 needs_proc = pytest.mark.skipif(not HAS_PROC, reason="reads processes from /proc (Linux)")
@@ -191,7 +192,7 @@ def test_a_sigkilled_index_leaves_no_process_behind(tmp_path):
 POOL_FROM_A_THREAD = textwrap.dedent("""
     import multiprocessing, os, sys, threading, time
     from concurrent.futures import ProcessPoolExecutor
-    from imgembed.lifetime import tie_to_parent
+    from imgembed.inference.lifetime import tie_to_parent
 
     def main():
         pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(sys.argv[1]),

@@ -1,4 +1,4 @@
-"""Phone and camera formats (imgembed.formats): HEIC, AVIF and RAW previews indexed and found,
+"""Phone and camera formats (imgembed.imaging.formats): HEIC, AVIF and RAW previews indexed and found,
 upright as the same picture in a JPEG is; missing support and missing previews skipped with a
 reason. Every test file is made here: a sample drawing saved as HEIC/AVIF with an EXIF
 orientation, and DNG files written with tifffile (a preview and a sensor image, or no preview)."""
@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES
-from imgembed import api, formats
+from imgembed import api
 from imgembed.errors import ImageLoadError
-from imgembed.files import IMAGE_EXTENSIONS
-from imgembed.images import read_image
+from imgembed.imaging import formats
+from imgembed.imaging.decode import read_image
+from imgembed.imaging.files import IMAGE_EXTENSIONS
+
+from conftest import SAMPLES
 
 pytest.importorskip("pillow_heif").register_heif_opener()  # to write the test files
 pytest.importorskip("rawpy")

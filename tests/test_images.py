@@ -4,12 +4,12 @@ import io
 
 import numpy as np
 import pytest
+from badfiles import EXPECTED, halves, make_bad_folder, png_with_header_size, rotated_jpeg_bytes
 from PIL import Image
 
-from badfiles import EXPECTED, halves, make_bad_folder, png_with_header_size, rotated_jpeg_bytes
 from imgembed.errors import ImageLoadError
-from imgembed.files import iter_images
-from imgembed.images import decode_image, read_image
+from imgembed.imaging.decode import decode_image, read_image
+from imgembed.imaging.files import iter_images
 
 
 @pytest.fixture(scope="module")

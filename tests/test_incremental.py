@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES, run_cli, run_json
-from imgembed.index import vectors
 from imgembed.api import check_index, index_folder, remove_paths
 from imgembed.errors import IndexLockedError, RemovalRefusedError
-from imgembed.index import FAISS_FILE, ImageIndex
+from imgembed.index import FAISS_FILE, ImageIndex, vectors
 from imgembed.index.lock import WriterLock
+
+from conftest import SAMPLES, run_cli, run_json
 
 
 def copy_classes(dest, *labels):
@@ -216,7 +216,7 @@ def test_hostile_files_are_skipped_with_reasons(tmp_path, model):
 
 
 def _hang_on_dolphin(monkeypatch):
-    from imgembed import images
+    from imgembed.imaging import decode as images
 
     real = images.read_image
 
@@ -243,8 +243,8 @@ def test_a_dying_decode_worker_stops_the_run_with_its_reason_and_the_next_run_re
     """A codec that crashes its process (or the OOM killer) ends the run with one typed error
     saying what to do, not a hang or a traceback; nothing committed is lost and the next run
     embeds the rest, each image once."""
-    from imgembed import images
     from imgembed.errors import EngineError
+    from imgembed.imaging import decode as images
 
     folder = copy_classes(tmp_path / "p", "fish", "fruit")
     parent, real = os.getpid(), images.read_image
@@ -268,8 +268,8 @@ def test_a_dying_decode_worker_stops_the_run_with_its_reason_and_the_next_run_re
 def test_a_stuck_decode_is_skipped_by_train_and_evaluate_too(tmp_path, monkeypatch, torch_model):
     """`train` and `evaluate` read images through the feature cache (frozen backbone) or the
     fine-tuning loader: both decode through the same time-limited path as `index`."""
-    from imgembed.featcache import FeatureCache
-    from imgembed.train import _Images
+    from imgembed.train.featcache import FeatureCache
+    from imgembed.train.loop import _Images
 
     folder = copy_classes(tmp_path / "p", "fish")
     paths = sorted(folder.rglob("*.png"))
@@ -290,9 +290,9 @@ def test_vanished_file_and_escaping_paths_and_hostile_checkpoint(tmp_path, model
 
     import torch
 
-    from imgembed.embed import embed_files
     from imgembed.errors import ModelError
-    from imgembed.model import load_model
+    from imgembed.inference.pool import embed_files
+    from imgembed.model.network import load_model
 
     batch = next(embed_files(model, [tmp_path / "gone.png"], workers=0))
     assert batch.failed == [(0, "cannot read file: No such file or directory")]
@@ -338,7 +338,7 @@ def test_a_thousand_files_with_five_percent_bad(tmp_path, model):
 def test_train_views_of_a_huge_image_within_the_pixel_cap(tmp_path, monkeypatch, torch_model):
     """An image within ``--max-pixels`` but far above PIL's own limit (a 16000 x 14464 clip-art
     PNG) must give `train` its augmented views: PIL checks every ``crop`` against its limit."""
-    from imgembed.featcache import FeatureCache
+    from imgembed.train.featcache import FeatureCache
 
     path = tmp_path / "big.png"
     rng = np.random.default_rng(0)

@@ -7,9 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from imgembed.index import vectors
-from imgembed.errors import (IndexCorruptError, IndexNotFoundError, IndexVersionError, ModelMismatchError)
-from imgembed.index import DATABASE, FAISS_FILE, MANIFEST, ImageIndex
+from imgembed.errors import IndexCorruptError, IndexNotFoundError, IndexVersionError, ModelMismatchError
+from imgembed.index import DATABASE, FAISS_FILE, MANIFEST, ImageIndex, vectors
 from imgembed.index.store import NewImage, Skipped
 
 IDENTITY = {"backbone": "toy", "weights": "none:seed0", "head": None, "checkpoint": None, "dim": 8,
@@ -141,7 +140,7 @@ def test_missing_index_says_how_to_build_one(tmp_path):
 
 
 def test_atomic_path_replaces_whole_files_or_nothing(tmp_path):
-    from imgembed.files import atomic_path
+    from imgembed.imaging.files import atomic_path
 
     target = tmp_path / "manifest.json"
     target.write_text("old")

@@ -4,10 +4,11 @@ import shutil
 
 import pytest
 
-from conftest import SAMPLES
 from imgembed.api import index_folder
 from imgembed.errors import InputError
 from imgembed.index import ImageIndex
+
+from conftest import SAMPLES
 
 
 class Stop(KeyboardInterrupt):

@@ -7,8 +7,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from imgembed.losses import (all_triplets, batch_hard_triplets, contrastive_loss, pairwise_distances,
-                             semi_hard_triplets, triplet_loss)
+from imgembed.train.losses import (
+    all_triplets,
+    batch_hard_triplets,
+    contrastive_loss,
+    pairwise_distances,
+    semi_hard_triplets,
+    triplet_loss,
+)
 
 
 def embeddings(seed=0, n=8, d=4):

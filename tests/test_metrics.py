@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from imgembed import knn
-from imgembed.metrics import retrieval_metrics
+from imgembed.collection import knn
+from imgembed.collection.metrics import retrieval_metrics
 
 
 def brute(q, ql, g, gl, loo, ks=(1, 5, 10), knn_k=5):

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLES, run_json
 from test_index_store import IDENTITY, SOURCE
 from test_vectors import DIM, clustered, rows
 
-from imgembed.index import vectors
 from imgembed.api import check_index, index_info, rebuild_index
 from imgembed.errors import InputError
-from imgembed.index import ImageIndex
+from imgembed.index import ImageIndex, vectors
+
+from conftest import SAMPLES, run_json
 
 IDENT = {**IDENTITY, "dim": DIM}
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")

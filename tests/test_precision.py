@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from imgembed import precision
 from imgembed.api import embed
-from imgembed.model import load_model
+from imgembed.model import precision
+from imgembed.model.network import load_model
 
 
 def test_bf16_matches_fp32_on_sample_images(sample_files):

@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SAMPLES, run_cli, run_json
-from imgembed import blend, closedform
 from imgembed.api import Searcher, embed, index_folder
-from imgembed.model import load_model, pool
-from imgembed.preprocess import Preprocess
+from imgembed.imaging.preprocess import Preprocess
+from imgembed.model.network import load_model, pool
+from imgembed.train import blend, closedform
+
+from conftest import SAMPLES, run_cli, run_json
 
 LEGACY = {"backbone": "efficientnet_lite0", "preprocess": {
     "resize": 256, "crop": 224, "mean": [127 / 255] * 3, "std": [128 / 255] * 3, "interpolation": "bicubic"}}
@@ -126,7 +127,7 @@ def test_blend_head_with_taps_keeps_the_last_map_as_its_untrained_part():
 
 
 def test_default_training_beats_the_untrained_embedding_on_validation(tmp_path):
-    from imgembed.train import TrainConfig, train
+    from imgembed.train.loop import TrainConfig, train
 
     result = train(SAMPLES, tmp_path / "m.pt", TrainConfig(workers=0), cache_dir=tmp_path / "cache")
     # seed 0, 16 validation images: k-NN accuracy 0.94 -> 0.94, mAP@R 0.45 -> 0.89
@@ -159,7 +160,7 @@ def test_wccn_whitens_the_within_class_scatter():
 def test_a_blend_checkpoint_from_before_the_taps_embeds_as_it_did(tmp_path):
     """A head config without ``taps`` (every checkpoint written before them) reads the last map
     alone: [u ; w * normalise(W u + b)], the formula those checkpoints were trained for."""
-    from imgembed.model import EmbeddingModel, save_checkpoint
+    from imgembed.model.network import EmbeddingModel, save_checkpoint
 
     base = load_model(inference=False)
     torch.manual_seed(0)

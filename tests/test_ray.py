@@ -12,11 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from badfiles import EXPECTED, make_bad_folder
+from test_faults import (
+    assert_each_file_once,
+    assert_none_left,
+    committed,
+    descendants,
+    left_after_kill,
+    make_folder,
+    needs_proc,
+    wait_for,
+)
+
 from conftest import ROOT, SAMPLES, run_cli
-from test_faults import (assert_each_file_once, assert_none_left, committed, descendants, left_after_kill, make_folder,
-                         needs_proc, wait_for)
 
 if os.environ.get("IMGEMBED_TEST_RAY") == "required":  # set by .ci/run: never skip there
     import ray

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_faults import assert_each_file_once, make_folder
 from test_ray import _committed, _start, vectors_by_path
 

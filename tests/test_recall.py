@@ -4,10 +4,10 @@ to the target, and say so when they cannot reach it; the promise holds for queri
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_json
-from imgembed.index import recall
-from imgembed.index import ImageIndex
+from imgembed.index import ImageIndex, recall
 from imgembed.index.store import NewImage
+
+from conftest import run_cli, run_json
 
 DIM = 32
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from imgembed import knn
 from imgembed.api import Searcher, embed
-from imgembed.images import read_image
+from imgembed.collection import knn
+from imgembed.imaging.decode import read_image
 
 
 def alterations(img: Image.Image, rng: random.Random) -> dict[str, Image.Image]:
@@ -83,8 +83,9 @@ def test_a_combined_query_ranks_by_mean_similarity_minus_the_counter_examples():
 
 
 def test_search_not_in_the_cli_leaves_the_examples_out(sample_index):
-    from conftest import SAMPLES, run_json
     from imgembed.index import ImageIndex
+
+    from conftest import SAMPLES, run_json
 
     a, b = SAMPLES / "vehicles" / "hummer_01.png", SAMPLES / "vehicles" / "hummer_02.png"
     c = SAMPLES / "vehicles" / "blazer_01.png"

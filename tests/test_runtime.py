@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from conftest import QUERIES, ROOT, SAMPLES, run_json
-from imgembed import runtime
 from imgembed.api import Searcher, embed, index_folder, load_model
 from imgembed.errors import RuntimeUnavailableError
-from imgembed.preprocess import Preprocess
+from imgembed.imaging.preprocess import Preprocess
+from imgembed.inference import runtime
+
+from conftest import QUERIES, ROOT, SAMPLES, run_json
 
 
 def _photos():
@@ -47,21 +48,21 @@ def test_exported_vectors_match_torch(kind, engine, sample_files, tmp_path):
     under ONNX Runtime and under OpenVINO."""
     import torch
 
-    from imgembed.model import load_model as load_torch, save_checkpoint
+    from imgembed.model.network import load_model as load_torch
+    from imgembed.model.network import save_checkpoint
 
     if kind == "default":
         name, like = "efficientnet_lite0", None
     elif kind == "legacy crop + avg":
-        from imgembed.backbones import legacy_preprocess
+        from imgembed.model.backbones import legacy_preprocess
 
         name, like = "efficientnet_lite0", {"backbone": "efficientnet_lite0",
                                             "preprocess": legacy_preprocess("efficientnet_lite0").to_dict()}
     else:
         base = load_torch(precision="fp32", inference=False)
-        from imgembed.blend import BlendHead
-        from imgembed.model import EmbeddingModel
-
-        from imgembed import blend
+        from imgembed.model.network import EmbeddingModel
+        from imgembed.train import blend
+        from imgembed.train.blend import BlendHead
 
         torch.manual_seed(0)
         base.use_blend_taps()  # the mid-level taps `train` gives it
@@ -184,7 +185,7 @@ def test_a_retrained_checkpoint_at_the_same_path_is_a_new_export(tmp_path, torch
     answer with the old head."""
     import torch
 
-    from imgembed.model import EmbeddingModel, save_checkpoint
+    from imgembed.model.network import EmbeddingModel, save_checkpoint
 
     path = tmp_path / "x.pt"
     m = torch_model

@@ -42,7 +42,7 @@ def test_an_image_in_two_indexes_is_listed_once(shards):
 def test_indexes_of_another_model_are_refused_by_name(shards, tmp_path, torch_model):
     import torch
 
-    from imgembed.model import EmbeddingModel, save_checkpoint
+    from imgembed.model.network import EmbeddingModel, save_checkpoint
 
     torch.manual_seed(0)
     m = torch_model
@@ -64,8 +64,9 @@ def test_serve_answers_from_several_indexes(shards):
     import time
     import urllib.request
 
-    from conftest import ROOT
     from test_server import free_port, upload
+
+    from conftest import ROOT
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "imgembed", "serve", "--index", str(shards / "idx-a"),

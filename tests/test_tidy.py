@@ -1,4 +1,4 @@
-"""Acting on duplicates (imgembed.tidy, api.act_on_duplicates, `imgembed duplicates --trash|--move-to|--link`,
+"""Acting on duplicates (imgembed.collection.tidy, api.act_on_duplicates, `imgembed duplicates --trash|--move-to|--link`,
 `imgembed undo`) on a folder of real drawings with planted exact and near copies."""
 
 import os
@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES, run_cli, run_json
-from imgembed import api, tidy
+from imgembed import api
+from imgembed.collection import tidy
 from imgembed.errors import InputError
-from imgembed.images import to_rgb
+from imgembed.imaging.decode import to_rgb
 from imgembed.index import ImageIndex
+
+from conftest import SAMPLES, run_cli, run_json
 
 
 @pytest.fixture

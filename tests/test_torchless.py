@@ -14,9 +14,10 @@ from conftest import QUERIES, ROOT, SAMPLES, run_cli
 
 torch = pytest.importorskip("torch")
 
-from imgembed import lite_arch, lite_onnx, runtime, torchfile  # noqa: E402
 from imgembed.api import embed, load_model  # noqa: E402
 from imgembed.errors import ModelError  # noqa: E402
+from imgembed.inference import runtime  # noqa: E402
+from imgembed.model import lite_arch, lite_onnx, torchfile  # noqa: E402
 
 # A subprocess in which torch cannot be imported, as in an install without the train extra.
 NO_TORCH = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
@@ -68,15 +69,15 @@ def test_a_torch_file_that_would_run_code_or_is_truncated_is_refused_by_name(tmp
 def test_the_built_graph_gives_the_torch_models_vectors_and_neighbours(tmp_path, monkeypatch, sample_files, legacy):
     """Worst cosine >= 0.9999 on every sample image, the same top-10 for each, and the identity
     an index records: an index built under torch is searched by the built graph and back."""
-    from imgembed.backbones import legacy_preprocess
-    from imgembed.model import load_model as load_torch
+    from imgembed.model.backbones import legacy_preprocess
+    from imgembed.model.network import load_model as load_torch
 
     monkeypatch.setenv("IMGEMBED_MODEL_CACHE", str(tmp_path / "cache"))
     like = {"backbone": "efficientnet_lite0", "preprocess": legacy_preprocess("efficientnet_lite0").to_dict()} \
         if legacy else None
     reference = load_torch(precision="fp32", like=like)
     built = load_model(runtime="onnx", like=like)
-    assert built.meta["built"] == "imgembed.lite_onnx" and "torch" not in built.meta
+    assert built.meta["built"] == "imgembed.model.lite_onnx" and "torch" not in built.meta
     assert built.identity == reference.identity
     a, b = embed(built, sample_files), embed(reference, sample_files)
     assert float((a * b).sum(axis=1).min()) >= 0.9999

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import QUERIES, SAMPLES, run_cli, run_json
 from imgembed.api import embed
+from imgembed.collection.metrics import retrieval_metrics
 from imgembed.errors import InputError
-from imgembed.evaluate import evaluate
-from imgembed.featcache import FeatureCache
-from imgembed.metrics import retrieval_metrics
-from imgembed.model import load_model
-from imgembed.train import TrainConfig, resume_path, train
+from imgembed.model.network import load_model
+from imgembed.train.evaluate import evaluate
+from imgembed.train.featcache import FeatureCache
+from imgembed.train.loop import TrainConfig, resume_path, train
+
+from conftest import QUERIES, SAMPLES, run_cli, run_json
 
 FAST = dict(head="mlp", epochs=12, views=2, classes_per_batch=8, images_per_class=4, patience=0, workers=0)
 

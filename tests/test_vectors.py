@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-
-from imgembed.index import vectors
-from imgembed.index import ImageIndex
-from imgembed.index.store import NewImage
 from test_index_store import IDENTITY, SOURCE
+
+from imgembed.index import ImageIndex, vectors
+from imgembed.index.store import NewImage
 
 DIM = 64
 

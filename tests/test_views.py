@@ -6,10 +6,11 @@ import sqlite3
 
 from PIL import Image, ImageEnhance
 
-from conftest import SAMPLES, run_json
 from imgembed.api import find_duplicates, index_folder
-from imgembed.images import hash_distance, perceptual_hash
+from imgembed.imaging.decode import hash_distance, perceptual_hash
 from imgembed.index.store import MetadataStore
+
+from conftest import SAMPLES, run_json
 
 # One drawing per family; none of these is a near-copy of another sample drawing.
 ORIGINALS = ["birds/rooster_01.png", "bugs/ladybug_01.png", "fish/dolphin.png", "fruit/banana.png",

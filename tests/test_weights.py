@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from imgembed.backbones import BACKBONES, build_classifier, legacy_preprocess
 from imgembed.errors import ModelError, WeightsUnavailableError
-from imgembed.model import load_model
+from imgembed.model.backbones import BACKBONES, build_classifier, legacy_preprocess
+from imgembed.model.network import load_model
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
@@ -43,7 +43,7 @@ def test_random_init_recognises_neither(photos):
 
 def test_local_weights_file_in_both_layouts(tmp_path, torch_model):
     """A state dict saved from our layout, or the original efficientnet_pytorch layout, loads."""
-    from imgembed.efficientnet_lite import packaged_weights_path
+    from imgembed.model.efficientnet_lite import packaged_weights_path
 
     x = torch.rand(2, 3, 224, 224)
     with torch.inference_mode():

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import IndexCorruptError, IndexNotFoundError, IndexVersionError, ModelMismatchError
-from ..files import atomic_path
+from ..imaging.files import atomic_path
 from . import vectors
 
 FORMAT = "imgembed-index"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator
 
 from ..errors import RemovalRefusedError
-from ..files import content_hash, walk_images
+from ..imaging.files import content_hash, walk_images
 from .store import ImageRow, Known, Skipped
 
 # A run may remove at most this share of a root's rows, or fewer than REMOVAL_GUARD_MIN of them,
@@ -86,7 +86,7 @@ def label_of(relative: str) -> str | None:
 
 
 def scan(root: Path) -> Iterator[FileStat]:
-    """The images under ``root`` (see :func:`imgembed.files.walk_images`), stat'ed."""
+    """The images under ``root`` (see :func:`imgembed.imaging.files.walk_images`), stat'ed."""
     for path, rel, entry in walk_images(str(root)):
         try:
             st = entry.stat()

@@ -223,6 +223,11 @@ class MetadataStore:
     # -- reads ---------------------------------------------------------------------------
 
     @_serialised
+    def relative_paths(self) -> list[tuple[int, str]]:
+        """``(id, path relative to its root)`` of every image row, as stored."""
+        return [(row_id, from_db(rel)) for row_id, rel in self.db.execute("SELECT id, path FROM images")]
+
+    @_serialised
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 

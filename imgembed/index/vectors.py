@@ -61,7 +61,7 @@ import faiss
 import numpy as np
 
 from ..errors import IndexCorruptError, InputError
-from ..files import atomic_path
+from ..imaging.files import atomic_path
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq", "ondisk")
 ONDISK_MIN_NPROBE = 32

@@ -1,0 +1,32 @@
+"""The Python API, and the orchestration behind every CLI command.
+
+    from imgembed import api
+    model = api.load_model()                       # offline EfficientNet-Lite0
+    report = api.index_folder("photos", "indexes/default", model)
+    with api.Searcher("indexes/default") as s:     # model and index loaded once
+        hits = s.search(["query.jpg"], k=5)
+        votes = s.classify(["query.jpg"], k=5)
+    api.compare(model, "a.jpg", "b.jpg")           # cosine similarity
+"""
+
+from __future__ import annotations
+
+from .duplicates import (
+                         JOURNALS,
+                         ActionReport,
+                         DuplicateGroup,
+                         act_on_duplicates,
+                         exact_duplicates,
+                         find_duplicates,
+                         latest_journal,
+                         undo_duplicate_actions,
+)
+from .indexing import ENGINES, IndexReport, index_folder
+from .maintenance import check_index, drop_tombstones, index_info, rebuild_index, remove_paths
+from .models import Query, embed, load_model
+from .search import Classification, QueryResult, Searcher, compare
+
+__all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "compare", "QueryResult",
+           "Classification", "index_info", "rebuild_index", "remove_paths", "drop_tombstones", "check_index",
+           "find_duplicates", "DuplicateGroup", "exact_duplicates", "act_on_duplicates", "undo_duplicate_actions",
+           "latest_journal", "JOURNALS", "ActionReport", "ENGINES", "Query"]

@@ -1,0 +1,1 @@
+"""Fitting heads: the training loop, losses, labelled data, the feature cache, closed forms, evaluation."""

@@ -1,0 +1,1 @@
+"""The browser side: `imgembed serve` (Flask) and the self-contained HTML pages."""
