@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def images_per_second(fn, batch, repeats: int = 3, warmup: int = 1) -> float:
     """Throughput of ``fn(batch)`` after ``warmup`` untimed calls."""
@@ -48,3 +50,44 @@ def run_measured(args: list[str], env: dict | None = None, cwd: Path | None = No
         sys.exit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     wall, peak = proc.stderr.strip().splitlines()[-1].split()
     return float(wall), int(peak) / 1024, proc.stdout
+
+
+# -- synthetic unit vectors ------------------------------------------------------------------------
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as float32."""
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def uniform(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Uniform on the sphere: no structure, the hardest case for an inverted file."""
+    return unit(rng.standard_normal((n, dim)))
+
+
+def clusters(n: int, dim: int, rng: np.random.Generator, noise: float | tuple[float, float], zipf: float | None = None,
+             centres: int = 2000, *, background: float = 0.0, chunk: int | None = None) -> np.ndarray:
+    """``n`` unit vectors around ``centres`` random unit centres, with Gaussian noise of norm
+    ``noise`` (about; ``(lo, hi)``: each cluster its own, drawn uniformly), cluster sizes equal or
+    power-law (``zipf``), and a ``background`` share of the points uniform on the sphere instead.
+
+    Drawn ``chunk`` points at a time (None: all at once), so that 10M points never need more than
+    the output in RAM. With ``chunk=None``, a single ``noise`` and no background this draws exactly
+    what bench/recall_check.py always drew, so numbers quoted from it stay reproducible."""
+    c = unit(rng.standard_normal((centres, dim)))
+    spread = rng.uniform(noise[0], noise[1], centres).astype(np.float32) if isinstance(noise, tuple) else None
+    weights = None
+    if zipf:
+        weights = 1.0 / np.arange(1, centres + 1) ** zipf
+        weights /= weights.sum()
+    out = np.empty((n, dim), np.float32)
+    step = chunk or max(n, 1)
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        picks = rng.choice(centres, m, p=weights)
+        scale = (noise if spread is None else spread[picks][:, None]) / np.sqrt(dim)
+        x = unit(c[picks] + scale * rng.standard_normal((m, dim)))
+        if background:
+            flat = rng.random(m) < background
+            x[flat] = uniform(int(flat.sum()), dim, rng)
+        out[start:start + m] = x
+    return out

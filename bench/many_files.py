@@ -62,14 +62,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     args = parser.parse_args()
-    from imgembed.api import index_folder, load_model
+    from imgembed.api import IndexOptions, index_folder, load_model
     from imgembed.index import ImageIndex
 
     with tempfile.TemporaryDirectory() as tmp:
         folder, good, bad = make_folder(Path(tmp) / "many", args.files)
         model = load_model()
         t0 = time.perf_counter()
-        first = index_folder(folder, Path(tmp) / "idx", model, batch_size=64)
+        first = index_folder(folder, Path(tmp) / "idx", model, options=IndexOptions(batch_size=64))
         t1 = time.perf_counter()
         second = index_folder(folder, Path(tmp) / "idx", model)
         t2 = time.perf_counter()

@@ -35,25 +35,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from common import clusters, uniform, unit  # noqa: E402
+
 DATA = HERE / "data" / "recall"
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def uniform(n: int, dim: int, rng) -> np.ndarray:
-    return _unit(rng.standard_normal((n, dim)))
-
-
-def clusters(n: int, dim: int, rng, noise: float, zipf: float | None = None, centres: int = 2000) -> np.ndarray:
-    c = _unit(rng.standard_normal((centres, dim)))
-    weights = None
-    if zipf:
-        weights = 1.0 / np.arange(1, centres + 1) ** zipf
-        weights /= weights.sum()
-    picks = rng.choice(centres, n, p=weights)
-    return _unit(c[picks] + noise * rng.standard_normal((n, dim)) / np.sqrt(dim))
 
 
 def real(n: int) -> np.ndarray:
@@ -71,7 +55,7 @@ def real(n: int) -> np.ndarray:
             DATA.mkdir(parents=True, exist_ok=True)
             np.save(path, embed(load_model(), files))
         v = np.load(path)
-    return _unit(v[np.random.default_rng(0).permutation(len(v))][:n])
+    return unit(v[np.random.default_rng(0).permutation(len(v))][:n])
 
 
 def make(name: str, n: int, dim: int, seed: int) -> np.ndarray:

@@ -14,6 +14,7 @@ bench/open_set.py cached under bench/data/cache (1280-d).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -23,18 +24,12 @@ import numpy as np
 from imgembed.index import vectors
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import clusters  # noqa: E402
 
 
 def clustered(n: int, dim: int, seed: int, centres: int = 2000, noise: float = 0.6) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, dim)).astype(np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    out = np.empty((n, dim), np.float32)
-    for start in range(0, n, 200_000):
-        m = min(200_000, n - start)
-        x = c[rng.integers(0, centres, m)] + noise * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim)
-        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+    return clusters(n, dim, np.random.default_rng(seed), noise, centres=centres, chunk=200_000)
 
 
 def real_embeddings() -> np.ndarray:

@@ -41,10 +41,10 @@ def sample_files():
 @pytest.fixture(scope="session")
 def sample_index(tmp_path_factory, model):
     """sample_images/ indexed once with the default model, shared read-only by tests."""
-    from imgembed.api import index_folder
+    from imgembed.api import LocalPool, index_folder
 
     directory = tmp_path_factory.mktemp("idx") / "samples"
-    index_folder(SAMPLES, directory, model, workers=0)
+    index_folder(SAMPLES, directory, model, executor=LocalPool(workers=0))
     return directory
 
 

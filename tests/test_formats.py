@@ -103,7 +103,7 @@ def test_heic_avif_and_raw_are_indexed_and_found(tmp_path, model):
     picture.rotate(90, expand=True).save(folder / "camera" / "bird_turned.avif", exif=exif(6), quality=85)  # stored turned left; EXIF turns it back
     write_dng(folder / "camera" / "bird.dng", picture)
     write_dng(folder / "camera" / "bare.dng", None)
-    report = api.index_folder(folder, tmp_path / "index", model, workers=0)
+    report = api.index_folder(folder, tmp_path / "index", model, executor=api.LocalPool(workers=0))
     assert report.added == len(list((SAMPLES / "fruit").iterdir())) + len(list((SAMPLES / "clocks").iterdir())) + 3
     assert [(p.rsplit("/", 1)[-1], r) for p, r in report.skipped] == [("bare.dng", "RAW file has no embedded preview that can be read")]
     with api.Searcher(tmp_path / "index") as s:

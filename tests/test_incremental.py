@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgembed.api import check_index, index_folder, remove_paths
+from imgembed.api import IndexOptions, LocalPool, check_index, index_folder, remove_paths
 from imgembed.errors import IndexLockedError, RemovalRefusedError
 from imgembed.index import FAISS_FILE, ImageIndex, vectors
 from imgembed.index.lock import WriterLock
@@ -36,7 +36,7 @@ def snapshot(index_dir):
 def test_changes_between_runs_match_a_fresh_index(tmp_path, model):
     folder = copy_classes(tmp_path / "photos", "fish", "fruit", "clocks")
     index = tmp_path / "idx"
-    first = index_folder(folder, index, model, workers=0)
+    first = index_folder(folder, index, model, executor=LocalPool(workers=0))
     assert first.added == 30
     os.rename(folder / "fish" / "dolphin.png", folder / "fish" / "renamed dolphin.png")  # renamed
     (folder / "birds").mkdir()
@@ -45,18 +45,18 @@ def test_changes_between_runs_match_a_fresh_index(tmp_path, model):
     os.utime(folder / "clocks" / "clock05.png", (1, 1))  # touched, same bytes
     Image.open(SAMPLES / "mammals" / "elephant_01.png").save(folder / "fruit" / "banana.png")  # edited
     shutil.copy(SAMPLES / "bugs" / "ladybug_01.png", folder / "fish" / "new.png")  # added
-    report = index_folder(folder, index, model, workers=0)
+    report = index_folder(folder, index, model, executor=LocalPool(workers=0))
     counts = (report.added, report.updated, report.moved, report.removed, report.unchanged)
     assert counts == (1, 1, 2, 1, 26), counts
     fresh = tmp_path / "fresh"
-    index_folder(folder, fresh, model, workers=0)
+    index_folder(folder, fresh, model, executor=LocalPool(workers=0))
     a, b = snapshot(index), snapshot(fresh)
     assert set(a) == set(b) and len(a) == 30
     assert min(float(np.dot(a[k], b[k])) for k in a) > 0.9999
     with ImageIndex.open(index) as idx:
         labels = {r.path: r.label for r in idx.store.rows_under(str(folder.resolve())).values()}
     assert labels["birds/pear.png"] == "birds"
-    again = index_folder(folder, index, model, workers=0)
+    again = index_folder(folder, index, model, executor=LocalPool(workers=0))
     assert (again.added, again.updated, again.moved, again.removed, again.unchanged) == (0, 0, 0, 0, 30)
 
 
@@ -65,12 +65,12 @@ def test_an_empty_or_unmounted_folder_never_wipes_the_index(tmp_path, model):
     anything, with one line that says what to do; --allow-removal does remove."""
     folder = copy_classes(tmp_path / "photos", "fish", "fruit")
     index = tmp_path / "idx"
-    index_folder(folder, index, model, workers=0)
+    index_folder(folder, index, model, executor=LocalPool(workers=0))
     before = snapshot(index)
     for label in ("fish", "fruit"):
         shutil.rmtree(folder / label)
     with pytest.raises(RemovalRefusedError, match="is empty; refusing to remove 20 of 20"):
-        index_folder(folder, index, model, workers=0)
+        index_folder(folder, index, model, executor=LocalPool(workers=0))
     proc = run_cli("index", folder, "--index", index, "-q", check=False)
     assert proc.returncode == 1 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "--allow-removal" in proc.stderr
@@ -82,20 +82,20 @@ def test_an_empty_or_unmounted_folder_never_wipes_the_index(tmp_path, model):
 def test_losing_most_of_a_large_folder_is_refused_but_ordinary_deletions_pass(tmp_path, model):
     folder = copy_classes(tmp_path / "photos", *sorted(p.name for p in SAMPLES.iterdir() if p.is_dir()))
     index = tmp_path / "idx"
-    total = index_folder(folder, index, model, workers=0).total
+    total = index_folder(folder, index, model, executor=LocalPool(workers=0)).total
     assert total == 80
     files = sorted(folder.rglob("*.png"))
     for f in files[:45]:  # over half of 80, but under the 50 that makes a mass removal
         f.unlink()
-    assert index_folder(folder, index, model, workers=0).removed == 45
+    assert index_folder(folder, index, model, executor=LocalPool(workers=0)).removed == 45
     shutil.rmtree(folder)
     copy_classes(folder, *sorted(p.name for p in SAMPLES.iterdir() if p.is_dir()))
-    back = index_folder(folder, index, model, workers=0)
+    back = index_folder(folder, index, model, executor=LocalPool(workers=0))
     assert (back.added, back.restored) == (0, 45)  # their vectors were kept: nothing embedded
     for f in files[:60]:  # a half-copied folder: 60 of 80 missing
         f.unlink()
     with pytest.raises(RemovalRefusedError, match="lacks 60 of its 80 indexed images"):
-        index_folder(folder, index, model, workers=0)
+        index_folder(folder, index, model, executor=LocalPool(workers=0))
     assert len(snapshot(index)) == 80
 
 
@@ -103,26 +103,26 @@ def test_files_that_vanish_and_come_back_get_their_vectors_back(tmp_path, model)
     """Inside a root, across roots in either order, and not after `gc` or the retention time."""
     a, b = copy_classes(tmp_path / "a", "fish", "fruit"), tmp_path / "b"
     index = tmp_path / "idx"
-    index_folder(a, index, model, workers=0)
+    index_folder(a, index, model, executor=LocalPool(workers=0))
     before = snapshot(index)
     shutil.move(a / "fish" / "dolphin.png", tmp_path / "dolphin.png")  # away for one run
-    assert index_folder(a, index, model, workers=0).removed == 1
+    assert index_folder(a, index, model, executor=LocalPool(workers=0)).removed == 1
     assert run_json("info", "--index", index)["tombstones"] == 1
     shutil.move(tmp_path / "dolphin.png", a / "dolphin_again.png")  # back, elsewhere in the root
-    back = index_folder(a, index, model, workers=0)
+    back = index_folder(a, index, model, executor=LocalPool(workers=0))
     assert (back.added, back.restored, back.total) == (0, 1, 20)
     assert np.array_equal(snapshot(index)[f"{a.resolve()}/dolphin_again.png"], before[f"{a.resolve()}/fish/dolphin.png"])
     # a move from root a to root b, the source indexed first: a tombstone, then a restore
     b.mkdir()
     shutil.move(a / "fruit", b / "fruit")
-    assert index_folder(a, index, model, workers=0).removed == 10
-    moved = index_folder(b, index, model, workers=0)
+    assert index_folder(a, index, model, executor=LocalPool(workers=0)).removed == 10
+    moved = index_folder(b, index, model, executor=LocalPool(workers=0))
     assert (moved.added, moved.restored) == (0, 10)
     # ... and the destination indexed first: the live row's vector is reused
     shutil.move(a / "fish", b / "fish")
-    first = index_folder(b, index, model, workers=0)
+    first = index_folder(b, index, model, executor=LocalPool(workers=0))
     assert (first.added, first.restored) == (0, 9)
-    assert index_folder(a, index, model, workers=0).removed == 9  # dolphin_again.png stays in a
+    assert index_folder(a, index, model, executor=LocalPool(workers=0)).removed == 9  # dolphin_again.png stays in a
     after = snapshot(index)
     for name, vector in before.items():
         moved_to = name.replace(f"{a.resolve()}/", f"{b.resolve()}/").replace(f"{b.resolve()}/fish/dolphin.png",
@@ -137,7 +137,7 @@ def test_files_that_vanish_and_come_back_get_their_vectors_back(tmp_path, model)
             idx.store.db.execute("UPDATE removed SET removed_at = removed_at - 31 * 86400")
     (b / "fish" / "seahorse.png").unlink()
     shutil.copy(tmp_path / "seahorse.png", b / "seahorse2.png")
-    again = index_folder(b, index, model, workers=0)
+    again = index_folder(b, index, model, executor=LocalPool(workers=0))
     assert (again.added, again.restored) == (1, 0)
 
 
@@ -145,10 +145,11 @@ def test_pruning_one_root_never_touches_another(tmp_path, model):
     a = copy_classes(tmp_path / "a", "fish")
     b = copy_classes(tmp_path / "b", "fruit")
     index = tmp_path / "idx"
-    index_folder(a, index, model, workers=0)
-    index_folder(b, index, model, workers=0)
+    index_folder(a, index, model, executor=LocalPool(workers=0))
+    index_folder(b, index, model, executor=LocalPool(workers=0))
     shutil.rmtree(a / "fish")
-    report = index_folder(a, index, model, workers=0, allow_removal=True)  # all of a: see below
+    # all of a: see below
+    report = index_folder(a, index, model, options=IndexOptions(allow_removal=True), executor=LocalPool(workers=0))
     assert report.removed == 10 and report.total == 10
     with ImageIndex.open(index) as idx:
         assert idx.store.roots() == [str(b.resolve())]
@@ -157,7 +158,7 @@ def test_pruning_one_root_never_touches_another(tmp_path, model):
 def test_remove_and_check_repair(tmp_path, model):
     folder = copy_classes(tmp_path / "p", "fish", "fruit")
     index = tmp_path / "idx"
-    index_folder(folder, index, model, workers=0)
+    index_folder(folder, index, model, executor=LocalPool(workers=0))
     assert remove_paths(index, [folder / "fish" / "dolphin.png"])["removed"] == 1
     assert run_json("remove", folder / "fruit", "--index", index)["removed"] == 10
     assert run_json("info", "--index", index)["images"] == 9
@@ -176,16 +177,16 @@ def test_remove_and_check_repair(tmp_path, model):
 def test_second_writer_is_refused_naming_the_holder_or_waits(tmp_path, model):
     folder = copy_classes(tmp_path / "p", "fish")
     index = tmp_path / "idx"
-    index_folder(folder, index, model, workers=0)
+    index_folder(folder, index, model, executor=LocalPool(workers=0))
     lock = WriterLock(index).acquire()
     try:
         with pytest.raises(IndexLockedError, match=rf"being written by PID {os.getpid()} .*--wait"):
-            index_folder(folder, index, model, workers=0)
+            index_folder(folder, index, model, executor=LocalPool(workers=0))
         refused = run_cli("index", folder, "--index", index, check=False)
         assert refused.returncode == 1 and f"PID {os.getpid()}" in refused.stderr
         threading.Timer(2.0, lock.release).start()
         started = time.monotonic()
-        report = index_folder(folder, index, model, workers=0, wait=True)
+        report = index_folder(folder, index, model, options=IndexOptions(wait=True), executor=LocalPool(workers=0))
         assert time.monotonic() - started >= 1.5 and report.unchanged == 10
     finally:
         lock.release()
@@ -207,7 +208,7 @@ def test_hostile_files_are_skipped_with_reasons(tmp_path, model):
     Image.open(SAMPLES / "fish" / "dolphin.png").save(folder / "name with\nnewline.png")
     Image.open(SAMPLES / "birds" / "rooster_01.png").save(os.fsdecode(bytes(folder) + b"/latin1-\xe9t\xe9.png"))
     os.mkfifo(folder / "pipe.jpg")
-    report = index_folder(folder, tmp_path / "idx", model, workers=1)
+    report = index_folder(folder, tmp_path / "idx", model, executor=LocalPool(workers=1))
     skipped = {os.path.basename(p): reason for p, reason in report.skipped}
     assert set(skipped) == {"cut in the middle.jpg"}, skipped
     assert report.added == 7  # the FIFO is not a file: never opened, so it cannot block
@@ -232,7 +233,8 @@ def test_a_stuck_decode_is_skipped(tmp_path, monkeypatch, model):
     folder = copy_classes(tmp_path / "p", "fish")
     _hang_on_dolphin(monkeypatch)
     started = time.monotonic()
-    report = index_folder(folder, tmp_path / "idx", model, workers=0, decode_timeout=1.0)
+    report = index_folder(folder, tmp_path / "idx", model, options=IndexOptions(decode_timeout=1.0),
+                          executor=LocalPool(workers=0))
     assert time.monotonic() - started < 25
     assert [(os.path.basename(p), r) for p, r in report.skipped] == [
         ("dolphin.png", "decoding took longer than 1 s (stuck or hostile file)")]
@@ -257,9 +259,9 @@ def test_a_dying_decode_worker_stops_the_run_with_its_reason_and_the_next_run_re
     monkeypatch.setattr(images, "read_image", crash_on_dolphin)
     index = tmp_path / "idx"
     with pytest.raises(EngineError, match="a decode worker died .* run again to resume"):
-        index_folder(folder, index, model, workers=2, batch_size=4)
+        index_folder(folder, index, model, options=IndexOptions(batch_size=4), executor=LocalPool(workers=2))
     monkeypatch.undo()
-    report = index_folder(folder, index, model, workers=2, batch_size=4)
+    report = index_folder(folder, index, model, options=IndexOptions(batch_size=4), executor=LocalPool(workers=2))
     assert report.total == 20 and report.added + report.unchanged == 20 and not report.skipped
     with ImageIndex.open(index) as idx:
         assert len(idx) == 20
@@ -299,7 +301,7 @@ def test_vanished_file_and_escaping_paths_and_hostile_checkpoint(tmp_path, model
 
     folder = copy_classes(tmp_path / "p", "fish")
     index = tmp_path / "idx"
-    index_folder(folder, index, model, workers=0)
+    index_folder(folder, index, model, executor=LocalPool(workers=0))
     db = sqlite3.connect(index / "metadata.sqlite")
     with db:
         db.execute("UPDATE images SET path = '../../etc/passwd' WHERE id = 1")
@@ -328,7 +330,7 @@ def test_a_thousand_files_with_five_percent_bad(tmp_path, model):
     from many_files import make_folder
 
     folder, good, bad = make_folder(tmp_path / "many", 1000, seed=7)
-    report = index_folder(folder, tmp_path / "idx", model, batch_size=64)
+    report = index_folder(folder, tmp_path / "idx", model, options=IndexOptions(batch_size=64))
     assert report.added == len(good) and {os.path.basename(p) for p, _ in report.skipped} == bad
     assert 30 <= len(bad) <= 70
     again = index_folder(folder, tmp_path / "idx", model)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from imgembed.api import index_folder
+from imgembed.api import IndexOptions, LocalPool, index_folder
 from imgembed.errors import InputError
 from imgembed.index import ImageIndex
 
@@ -31,12 +31,12 @@ def test_interrupted_run_keeps_committed_chunks_and_resumes(tmp_path, model, wor
             raise Stop
 
     with pytest.raises(Stop):
-        index_folder(folder, index, model, batch_size=8, workers=workers, commit_every=8,
-                     progress=interrupt_after_two_batches)
+        index_folder(folder, index, model, options=IndexOptions(batch_size=8, commit_every=8),
+                     executor=LocalPool(workers=workers), progress=interrupt_after_two_batches)
     assert multiprocessing.active_children() == []
     with ImageIndex.open(index) as idx:  # readable, consistent, holds the committed chunks
         assert len(idx) == 16
-    report = index_folder(folder, index, model, batch_size=8, workers=0)
+    report = index_folder(folder, index, model, options=IndexOptions(batch_size=8), executor=LocalPool(workers=0))
     assert (report.added, report.unchanged, report.total) == (14, 16, 30)
     with ImageIndex.open(index) as idx:
         rows = idx.store.rows_under(str(folder.resolve()))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgembed.api import Searcher, embed, index_folder
+from imgembed.api import LocalPool, Searcher, embed, index_folder
 from imgembed.imaging.preprocess import Preprocess
 from imgembed.model.network import load_model, pool
 from imgembed.train import blend, closedform
@@ -28,7 +28,7 @@ def legacy_index(tmp_path_factory):
     """An index as every imgembed before the new default built it: centre crop, average pooling."""
     directory = tmp_path_factory.mktemp("legacy") / "index"
     model = load_model("efficientnet_lite0", like=LEGACY)
-    index_folder(SAMPLES / "fruit", directory, model, workers=0)
+    index_folder(SAMPLES / "fruit", directory, model, executor=LocalPool(workers=0))
     return directory, model
 
 

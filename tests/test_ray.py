@@ -53,14 +53,14 @@ def vectors_by_path(index_dir):
 
 
 def test_ray_engine_writes_the_same_index_as_the_local_engine(cluster, tmp_path, model):
-    from imgembed.api import index_folder
+    from imgembed.api import RayCluster, index_folder
 
     folder = tmp_path / "photos"
     shutil.copytree(SAMPLES, folder)
     make_bad_folder(folder / "odd")  # unreadable files must be skipped with the same reasons
     local = index_folder(folder, tmp_path / "local", model)
     # two model actors on two CPUs: must still leave room for decoding (this once stalled)
-    remote = index_folder(folder, tmp_path / "ray", model, engine="ray", ray_actors=2)
+    remote = index_folder(folder, tmp_path / "ray", model, executor=RayCluster(actors=2))
     assert (remote.added, remote.total) == (local.added, local.total) == (local.added, 80 + 8)
     assert remote.skipped == local.skipped and len(remote.skipped) == sum(v is not None for v in EXPECTED.values())
 
@@ -71,10 +71,10 @@ def test_ray_engine_writes_the_same_index_as_the_local_engine(cluster, tmp_path,
     assert cosines.min() >= 0.999, f"min cosine {cosines.min():.5f}"
     assert [(s.path, s.reason) for s in skipped_a] == [(s.path, s.reason) for s in skipped_b]
 
-    again = index_folder(folder, tmp_path / "ray", model, engine="ray")  # incremental: nothing to do
+    again = index_folder(folder, tmp_path / "ray", model, executor=RayCluster())  # incremental: nothing to do
     assert (again.embedded, again.unchanged) == (0, 80 + 8)
     make_folder(folder / "new", 1)  # 80 new files, each one pixel off a sample image
-    third = index_folder(folder, tmp_path / "ray", model, engine="ray")
+    third = index_folder(folder, tmp_path / "ray", model, executor=RayCluster())
     assert (third.added, third.unchanged, third.total) == (80, 88, 168)
 
 

@@ -43,7 +43,7 @@ def _ray_workers() -> dict[str, set[int]]:
 def test_a_node_lost_mid_run_on_a_multi_node_cluster(tmp_path, model):
     from ray.cluster_utils import Cluster
 
-    from imgembed.api import index_folder
+    from imgembed.api import LocalPool, index_folder
 
     folder = make_folder(tmp_path / "photos", 2)  # 160 distinct images
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
@@ -87,7 +87,7 @@ def test_a_node_lost_mid_run_on_a_multi_node_cluster(tmp_path, model):
         cluster.shutdown()
     _, n = assert_each_file_once(tmp_path / "ray", folder)
     assert n == IMAGES
-    index_folder(folder, tmp_path / "local", model, workers=0)
+    index_folder(folder, tmp_path / "local", model, executor=LocalPool(workers=0))
     a, _ = vectors_by_path(tmp_path / "local")
     b, _ = vectors_by_path(tmp_path / "ray")
     assert a.keys() == b.keys()

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from imgembed.api import Searcher, embed, index_folder, load_model
+from imgembed.api import IndexOptions, LocalPool, Searcher, embed, index_folder, load_model
 from imgembed.errors import RuntimeUnavailableError
 from imgembed.imaging.preprocess import Preprocess
 from imgembed.inference import runtime
@@ -84,9 +84,10 @@ def test_exported_vectors_match_torch(kind, engine, sample_files, tmp_path):
 def test_an_index_built_by_one_runtime_is_searched_by_the_others(tmp_path, torch_model):
     folder = SAMPLES / "fruit"
     by_torch, by_onnx, by_default = tmp_path / "t", tmp_path / "o", tmp_path / "d"
-    index_folder(folder, by_torch, torch_model, workers=0)
-    index_folder(folder, by_onnx, workers=0, runtime="onnx")
-    index_folder(folder, by_default, workers=2)  # the default model under OpenVINO, decoding in workers
+    index_folder(folder, by_torch, torch_model, executor=LocalPool(workers=0))
+    index_folder(folder, by_onnx, options=IndexOptions(runtime="onnx"), executor=LocalPool(workers=0))
+    # the default model under OpenVINO, decoding in workers
+    index_folder(folder, by_default, executor=LocalPool(workers=2))
     queries = sorted(folder.glob("*.png"))[:5] + sorted(QUERIES.glob("*.png"))[:3]
     ranked = {}
     for index in (by_torch, by_onnx, by_default):

@@ -58,14 +58,14 @@ def server(sample_index, tmp_path_factory):
 @pytest.fixture(scope="module")
 def planted_server(tmp_path_factory, model):
     """A writable collection: two sample classes and an exact copy of one drawing in another folder."""
-    from imgembed.api import index_folder
+    from imgembed.api import LocalPool, index_folder
 
     top = tmp_path_factory.mktemp("planted")
     for cls in ("fruit", "fish"):
         shutil.copytree(SAMPLES / cls, top / "photos" / cls)
     (top / "photos" / "inbox").mkdir()
     shutil.copy(SAMPLES / "fruit" / "pear.png", top / "photos" / "inbox" / "pear.png")
-    index_folder(top / "photos", top / "index", model, workers=0)
+    index_folder(top / "photos", top / "index", model, executor=LocalPool(workers=0))
     proc, base = serve(top / "index", top / "thumbs")
     yield base, top / "photos"
     proc.terminate()

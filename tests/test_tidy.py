@@ -34,7 +34,7 @@ def planted(tmp_path, model):
     big = to_rgb(Image.open(folder / "fruit" / "banana.png"))  # transparency on white, as a user's export
     big.resize((big.width // 2, big.height // 2)).save(folder / "inbox" / "banana_small.jpg", quality=60)
     index = tmp_path / "index"
-    api.index_folder(folder, index, model, workers=0)
+    api.index_folder(folder, index, model, executor=api.LocalPool(workers=0))
     return folder, index
 
 

@@ -6,7 +6,7 @@ import sqlite3
 
 from PIL import Image, ImageEnhance
 
-from imgembed.api import find_duplicates, index_folder
+from imgembed.api import LocalPool, find_duplicates, index_folder
 from imgembed.imaging.decode import hash_distance, perceptual_hash
 from imgembed.index.store import MetadataStore
 
@@ -125,7 +125,7 @@ def test_index_without_hashes_still_finds_duplicates_and_gains_them_on_next_writ
     copies(img)["brighter"].save(folder / "a_brighter.png")
     for name in OTHERS[:4]:
         Image.open(SAMPLES / name).convert("RGB").save(folder / name.replace("/", "_"))
-    index_folder(folder, tmp_path / "idx", model, workers=0)
+    index_folder(folder, tmp_path / "idx", model, executor=LocalPool(workers=0))
     db = sqlite3.connect(tmp_path / "idx" / "metadata.sqlite")
     db.execute("ALTER TABLE images DROP COLUMN phash")  # as an older imgembed wrote it
     db.commit()

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from ..inference.pool import LocalPool
+from ..inference.ray import RayCluster
 from .duplicates import (
                          JOURNALS,
                          ActionReport,
@@ -21,7 +23,7 @@ from .duplicates import (
                          latest_journal,
                          undo_duplicate_actions,
 )
-from .indexing import ENGINES, IndexReport, index_folder
+from .indexing import IndexOptions, IndexReport, index_folder
 from .maintenance import check_index, drop_tombstones, index_info, rebuild_index, remove_paths
 from .models import Query, embed, load_model
 from .search import Classification, QueryResult, Searcher, compare
@@ -29,4 +31,4 @@ from .search import Classification, QueryResult, Searcher, compare
 __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "compare", "QueryResult",
            "Classification", "index_info", "rebuild_index", "remove_paths", "drop_tombstones", "check_index",
            "find_duplicates", "DuplicateGroup", "exact_duplicates", "act_on_duplicates", "undo_duplicate_actions",
-           "latest_journal", "JOURNALS", "ActionReport", "ENGINES", "Query"]
+           "latest_journal", "JOURNALS", "ActionReport", "IndexOptions", "LocalPool", "RayCluster", "Query"]

@@ -15,10 +15,9 @@ from ..index.store import NewImage, Skipped
 from .models import _own_model, load_model
 
 if TYPE_CHECKING:
-    from ..inference import Embedder
+    from ..inference import Embedder, Executor
 
 Progress = Callable[[int, int], None]  # (done, total)
-ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -53,19 +52,32 @@ class IndexReport:
         }
 
 
-def index_folder(folder: str | Path, index_dir: str | Path, model: "Embedder | None" = None, *,
-                 batch_size: int = 32, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 prune: bool = True, commit_every: int = 256, index_type: str | None = None,
-                 target_recall: float | None = None,
-                 wait: bool = False, decode_timeout: float = DEFAULT_DECODE_TIMEOUT, publish_every_s: float = 60.0,
-                 engine: str = "local", ray_address: str | None = None, ray_actors: int | None = None,
-                 allow_removal: bool = False, precision: str = "auto", runtime: str = "auto",
+@dataclass(frozen=True)
+class IndexOptions:
+    """How an ``index`` run reads, commits and publishes (see :func:`index_folder`)."""
+
+    batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_timeout: float = DEFAULT_DECODE_TIMEOUT  # seconds before a decode is abandoned
+    prune: bool = True  # remove rows of files that disappeared
+    allow_removal: bool = False  # even all or most of a folder's rows (planner.check_removals)
+    commit_every: int = 256  # images per SQLite commit
+    publish_every_s: float = 60.0  # re-publish the FAISS file for concurrent readers
+    index_type: str | None = None  # None keeps the index's own (auto for a new index)
+    target_recall: float | None = None  # None keeps the index's own (0.95 for a new index)
+    wait: bool = False  # for another writer, instead of IndexLockedError
+    precision: str = "auto"
+    runtime: str = "auto"
+
+
+def index_folder(folder: str | Path, index_dir: str | Path, model: "Embedder | None" = None,
+                 options: IndexOptions | None = None, *, executor: "Executor | None" = None,
                  progress: Progress | None = None) -> IndexReport:
     """Add ``folder``'s images to the index at ``index_dir``, creating it if needed.
 
     Files whose size and mtime match the stored row are not read again; changed files are
-    re-embedded; rows of files that disappeared are removed when ``prune``, unless that would
-    remove all of the folder's rows or most of them (:func:`planner.check_removals`): then
+    re-embedded; rows of files that disappeared are removed when ``options.prune``, unless that
+    would remove all of the folder's rows or most of them (:func:`planner.check_removals`): then
     :class:`RemovalRefusedError` is raised before anything changes, unless ``allow_removal``.
     Undecodable files are recorded as skipped with a reason, and not retried until they change.
     Work is committed every ``commit_every`` images, so an interrupted run keeps what it had
@@ -75,61 +87,52 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "Embedder | N
     decode that takes longer than ``decode_timeout`` seconds is abandoned and the file skipped.
     Only one process writes to an index at a time: :class:`IndexLockedError` names the holder,
     unless ``wait``. ``index_type`` (auto|flat|hnsw|ivfpq|ondisk or a FAISS factory string)
-    changes the index's type; None keeps it (``auto`` for a new index). An approximate index
-    measures its Recall@10 on its own vectors and tunes its search parameters to
-    ``target_recall`` (None keeps the index's own, 0.95 for a new index; see
-    :mod:`imgembed.index.recall`).
+    changes the index's type. An approximate index measures its Recall@10 on its own vectors
+    and tunes its search parameters to ``target_recall`` (:mod:`imgembed.index.recall`).
 
     Without ``model``, an existing index embeds with the model that built it (under ``runtime``
     and ``precision``, as :func:`load_model`; ``auto`` takes OpenVINO where it is installed, see
-    :func:`imgembed.inference.runtime.for_indexing`), loaded only when there is something to embed: a
-    run that finds nothing new or changed never imports torch. A new index gets the default
-    backbone.
+    :func:`imgembed.inference.runtime.for_indexing`), loaded only when there is something to
+    embed: a run that finds nothing new or changed never imports torch. A new index gets the
+    default backbone.
 
-    ``engine="ray"`` runs decoding and the model on a Ray cluster (``ray_address``, else a local
-    one; ``ray_actors`` model replicas; see :mod:`imgembed.inference.ray`); everything else, the
-    index written included, is the same as with the local engine; its model actors run torch.
+    ``executor`` runs decoding and the model: a :class:`~imgembed.inference.pool.LocalPool`
+    (the default: decode workers on this machine) or a :class:`~imgembed.inference.ray.RayCluster`;
+    everything else, the index written included, is the same whichever runs.
     """
+    from ..inference.pool import LocalPool
+    from ..inference.runtime import for_indexing
+
     started = time.perf_counter()
-    if engine not in ENGINES:
-        raise InputError(f"engine must be one of {'|'.join(ENGINES)}, not {engine!r}")
+    options = options or IndexOptions()
+    executor = executor or LocalPool()
     if not Path(folder).is_dir():
         raise InputError(f"not a folder: {folder}")
     root = Path(folder).resolve()
-    from ..inference.runtime import for_indexing
-
-    runtime = for_indexing(runtime, precision)
-    if engine == "ray":
-        from ..inference.ray import require
-
-        require()  # fail before any work when Ray is not installed
-        from ..model.backbones import require_torch
-
-        require_torch("--engine ray (its model actors run torch)")
-        runtime = "torch"
-        if model is not None and model.runtime != "torch":
-            model = load_model(model.source["model"], model.source["weights"], precision, runtime="torch")
+    executor.check()  # fail before any work when the engine cannot run here
+    runtime = executor.runtime or for_indexing(options.runtime, options.precision)
+    if model is not None and executor.runtime and model.runtime != executor.runtime:
+        model = load_model(model.source["model"], model.source["weights"], options.precision, runtime=runtime)
     if model is None and not (Path(index_dir) / MANIFEST).is_file():
-        model = load_model(precision=precision, runtime=runtime)
+        model = load_model(precision=options.precision, runtime=runtime)
     report = IndexReport(index=str(index_dir), root=str(root))
     identity, source = (model.identity, model.source) if model is not None else (None, None)
-    with ImageIndex.open_for_write(index_dir, identity, source, index_type, wait=wait,
-                                   target_recall=target_recall) as idx:
+    with ImageIndex.open_for_write(index_dir, identity, source, options.index_type, wait=options.wait,
+                                   target_recall=options.target_recall) as idx:
         store = idx.store
         plan = planner.plan(str(root), planner.scan(root), store.rows_under(str(root)),
-                            {s.path: s for s in store.skipped(str(root))}, prune=prune,
+                            {s.path: s for s in store.skipped(str(root))}, prune=options.prune,
                             known=store.known, stored_sizes=store.content_sizes)
-        if not allow_removal:
+        if not options.allow_removal:
             planner.check_removals(root, plan)
         if model is None and plan.todo:  # the index's own model, only now that it is needed
-            model = _own_model(index_dir, idx.manifest, precision, runtime)
+            model = _own_model(index_dir, idx.manifest, options.precision, runtime)
         _apply_without_embedding(idx, str(root), plan, report)
         try:
             if plan.todo:
-                writer = ChunkWriter(idx, commit_every=commit_every, publish_every_s=publish_every_s)
-                batches = _embed_batches(engine, model, [Path(f.path) for f in plan.todo], batch_size=batch_size,
-                                         workers=workers, max_pixels=max_pixels, decode_timeout=decode_timeout,
-                                         ray_address=ray_address, ray_actors=ray_actors)
+                writer = ChunkWriter(idx, commit_every=options.commit_every, publish_every_s=options.publish_every_s)
+                batches = executor.embed_files(model, [Path(f.path) for f in plan.todo], batch_size=options.batch_size,
+                                               max_pixels=options.max_pixels, decode_timeout=options.decode_timeout)
                 done = 0
                 for batch in batches:
                     _record(batch, str(root), plan, writer, report)
@@ -163,20 +166,6 @@ def _apply_without_embedding(idx: ImageIndex, root: str, plan: planner.Plan, rep
     report.unchanged, report.removed = plan.unchanged + len(plan.touches), len(plan.gone)
     report.moved, report.restored = len(plan.moves), len(restored)
     report.skipped = [(s.full_path, s.reason) for s in plan.still_bad + plan.unstatable]
-
-
-def _embed_batches(engine: str, model, paths: list[Path], *, batch_size: int, workers: int | None,
-                   max_pixels: int, decode_timeout: float, ray_address: str | None, ray_actors: int | None):
-    """Embedded batches (:class:`imgembed.inference.pool.Batch`) of ``paths``, in order, from the chosen engine."""
-    if engine == "ray":
-        from ..inference.ray import embed_files
-
-        return embed_files(model, paths, address=ray_address, batch_size=batch_size, actors=ray_actors,
-                           max_pixels=max_pixels, decode_timeout=decode_timeout)
-    from ..inference.pool import embed_files
-
-    return embed_files(model, paths, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                       decode_timeout=decode_timeout)
 
 
 def _record(batch, root: str, plan: planner.Plan, writer: ChunkWriter, report: IndexReport) -> None:

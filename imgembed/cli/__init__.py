@@ -223,10 +223,16 @@ def index(folder, index_dir, model_name, weights, precision, runtime, batch_size
     """
     from tqdm import tqdm
 
-    from ..api import index_folder
+    from ..api import IndexOptions, LocalPool, RayCluster, index_folder
 
     if engine != "ray" and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors need --engine ray")
+    executor = RayCluster(ray_address, ray_actors) if engine == "ray" else LocalPool(workers)
+    executor.check()  # before a model is loaded for it
+    options = IndexOptions(batch_size=batch_size, max_pixels=_max_pixels(max_pixels), decode_timeout=decode_timeout,
+                           prune=not no_prune, allow_removal=allow_removal, commit_every=commit_every,
+                           index_type=index_type, target_recall=target_recall, wait=wait, precision=precision,
+                           runtime=runtime)
 
     # Without --model or --weights an existing index keeps its own model, loaded only if
     # something needs embedding (an unchanged folder never imports torch); a new one gets the
@@ -236,7 +242,7 @@ def index(folder, index_dir, model_name, weights, precision, runtime, batch_size
         from ..inference.runtime import for_indexing
 
         model = _load_model(model_name or DEFAULT_MODEL, weights, precision, index_dir,
-                            "torch" if engine == "ray" else for_indexing(runtime, precision))
+                            executor.runtime or for_indexing(runtime, precision))
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -249,12 +255,7 @@ def index(folder, index_dir, model_name, weights, precision, runtime, batch_size
         # Nothing but the report goes to stdout: Ray's driver prints cluster events there (a lost
         # node's raylet log, say), which would break --json.
         with contextlib.redirect_stdout(sys.stderr):
-            report = index_folder(folder, index_dir, model, batch_size=batch_size, workers=workers,
-                                  max_pixels=_max_pixels(max_pixels), prune=not no_prune,
-                                  allow_removal=allow_removal, precision=precision, runtime=runtime,
-                                  index_type=index_type, target_recall=target_recall, commit_every=commit_every,
-                                  decode_timeout=decode_timeout, wait=wait, engine=engine, ray_address=ray_address,
-                                  ray_actors=ray_actors, progress=progress)
+            report = index_folder(folder, index_dir, model, options, executor=executor, progress=progress)
     finally:
         if bar is not None:
             bar.close()

@@ -76,6 +76,11 @@ class RecallCheck:
                 f"at {self.n:,} vectors")
 
 
+def _share() -> str:
+    """The budget's share of an exact search, in words: "1/20"."""
+    return f"1/{round(1 / BUDGET_SHARE)}" if BUDGET_SHARE < 1 else f"{BUDGET_SHARE:g}x"
+
+
 def tunable(factory: str) -> bool:
     """Whether searches of this FAISS factory string are approximate (there is recall to check)."""
     return "IVF" in factory or "HNSW" in factory
@@ -142,17 +147,32 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / max(1, int((truth >= 0).sum()))
 
 
+RERANK_DEPTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # k_factor_rf, one row each
+
+
+def _quantizer_is_graph(ivf) -> bool:
+    return isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
+
+
 def _ladder(index: faiss.Index, factory: str) -> list[list[str]]:
     """Settings to try, as rows of increasing cost: within a row the first knob doubles; each row
-    has a deeper re-ranking than the last (IVF with ``Refine``), else a single row."""
+    has a deeper re-ranking than the last (IVF with ``Refine``), else a single row.
+
+    For IVF the first knob is ``nprobe``; an HNSW graph over the centroids (``IVF{n}_HNSW32``)
+    searches them at ``quantizer_efSearch`` twice ``nprobe`` (at least 64), so that the lists it
+    probes are the nearest ones. Re-ranking reads ``k_factor_rf`` x k candidates by their codes:
+    4-bit PQ codes order crowded neighbours so loosely that the true 10 can sit among the first
+    2,560 (bench/ann_1m.py), hence rows up to 1,024."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         nprobes = [2 ** i for i in range(int(np.log2(ivf.nlist)) + 1)]
         if ivf.nlist not in nprobes:
             nprobes.append(ivf.nlist)
+        probes = [f"nprobe={p}" + (f",quantizer_efSearch={max(64, 2 * p)}" if _quantizer_is_graph(ivf) else "")
+                  for p in nprobes]
         if "Refine" in factory:
-            return [[f"nprobe={p},k_factor_rf={r}" for p in nprobes] for r in (1, 2, 4, 8, 16, 32, 64, 128)]
-        return [[f"nprobe={p}" for p in nprobes]]
+            return [[f"{p},k_factor_rf={r}" for p in probes] for r in RERANK_DEPTHS]
+        return [probes]
     if "HNSW" in factory:
         return [[f"efSearch={e}" for e in (16, 32, 64, 128, 256, 512, 1024, 2048)]]
     return [[""]]
@@ -217,17 +237,18 @@ def tune(index: faiss.Index, factory: str, queries: np.ndarray, query_ids: np.nd
         params = max(within, key=lambda p: (within[p][0], -within[p][1]))
         best = max(v[0] for v in measured.values())
         if best >= target or over_budget:
-            note = (f"reaching it takes more than the latency budget of {budget:.1f} ms a query (a tenth of exact "
+            note = (f"reaching it takes more than the latency budget of {budget:.1f} ms a query ({_share()} of exact "
                     f"search); the collection's neighbourhoods are too crowded for this index: rebuild as flat")
         elif faiss.try_extract_index_ivf(index) is not None:
             note = (f"recall stops rising at {best:.3f}: this index's codes are too coarse for the collection's "
-                    "neighbourhoods; rebuild as hnsw or flat (or ondisk:SQfp16)")
+                    "neighbourhoods; rebuild it (today's ivfpq re-ranks with 16-bit floats), or as hnsw or flat "
+                    "(or ondisk:SQfp16)")
         else:
             note = f"recall stops rising at {best:.3f} on this collection; rebuild as flat"
     else:
         params = min(measured, key=lambda p: measured[p][1])
         note = (f"even its cheapest setting takes {measured[params][1]:.1f} ms a query, over the latency budget of "
-                f"{budget:.1f} ms (a tenth of exact search): at this size, flat is faster")
+                f"{budget:.1f} ms ({_share()} of exact search): at this size, flat is faster")
     if params:
         space.set_index_parameters(index, params)
     recall, ms = measured[params]

@@ -49,6 +49,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -66,6 +67,11 @@ from ..imaging.files import atomic_path
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq", "ondisk")
 ONDISK_MIN_NPROBE = 32
 FLAT_BELOW = 200_000
+# ivfpq assigns vectors to its lists through an HNSW graph over the centroids from this many lists
+# on (about 2.2M vectors): exact assignment costs O(n x nlist), and at 8,192 lists the graph finds
+# the same lists (bench/ann_1m.py measured IVF4096 and IVF4096_HNSW32 alike at 1M).
+HNSW_QUANTIZER_FROM = 8192
+IVF_TRAIN_PER_LIST = 64  # k-means sample per list for in-RAM IVF indexes (bench/ann_1m.py)
 DEFAULT_FACTORY = "IDMap2,Flat"
 
 
@@ -107,8 +113,10 @@ def choose(index_type: str, n: int, dim: int) -> IndexSpec:
         if n < 39 * 16 or dim % 2:
             return IndexSpec(index_type, DEFAULT_FACTORY, "", n)  # too few vectors to train: stay exact
         nlist = _ivf_lists(n)
-        return IndexSpec(index_type, f"IDMap2,IVF{nlist},PQ{dim // 2}x4fs,Refine(SQ8)",
-                         f"nprobe={min(nlist, max(32, nlist // 32))},k_factor_rf=64", n)
+        quantizer = "_HNSW32" if nlist >= HNSW_QUANTIZER_FROM else ""
+        nprobe = min(nlist, max(32, nlist // 16))
+        params = f"nprobe={nprobe}" + (f",quantizer_efSearch={2 * nprobe}" if quantizer else "") + ",k_factor_rf=256"
+        return IndexSpec(index_type, f"IDMap2,IVF{nlist}{quantizer},PQ{dim // 2}x4fs,Refine(SQfp16)", params, n)
     try:
         faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
@@ -116,6 +124,22 @@ def choose(index_type: str, n: int, dim: int) -> IndexSpec:
                          f"string ({str(e).strip().splitlines()[-1][:120]})") from None
     factory = kind if kind.startswith("IDMap") else f"IDMap2,{kind}"
     return IndexSpec(index_type, factory, "", n)
+
+
+def _lists_of(factory: str) -> int | None:
+    match = re.search(r"IVF(\d+)", factory)
+    return int(match.group(1)) if match else None
+
+
+def calls_for_rebuild(current: IndexSpec, wanted: IndexSpec) -> bool:
+    """Whether an index built as ``current`` must be rebuilt as ``wanted`` (what :func:`choose`
+    gives at today's size): when the structure differs, except that an IVF index keeps its codec
+    and quantizer, as an earlier version chose them, until its size calls for another number of
+    lists (``imgembed rebuild`` brings it to today's choice at once)."""
+    if wanted.factory == current.factory:
+        return False
+    lists = _lists_of(current.factory)
+    return lists is None or lists != _lists_of(wanted.factory) or current.index_type != wanted.index_type
 
 
 def new_index(dim: int, factory: str = DEFAULT_FACTORY) -> faiss.Index:
@@ -138,12 +162,16 @@ def build_index(dim: int, ids: np.ndarray, vectors: np.ndarray, factory: str = D
     index = new_index(dim, factory)
     vectors = np.ascontiguousarray(vectors, np.float32)
     if not index.is_trained and len(vectors):
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:  # k-means: 64 points and 10 iterations per list suffice (bench/ann_1m.py)
+            train_sample = min(train_sample, max(IVF_TRAIN_PER_LIST * ivf.nlist, 100_000))
+            ivf.cp.niter = 10
         rng = np.random.default_rng(seed)
         sample = vectors if len(vectors) <= train_sample else vectors[np.sort(rng.choice(len(vectors), train_sample, replace=False))]
         index.train(sample)
+    apply_params(index, params)  # an HNSW quantizer assigns the vectors at its search depth
     for start in range(0, len(vectors), shard):
         index.add_with_ids(vectors[start:start + shard], np.ascontiguousarray(ids[start:start + shard], np.int64))
-    apply_params(index, params)
     return index
 
 

@@ -107,6 +107,24 @@ def embed_files(model: "Embedder", paths: Sequence[Path], *, batch_size: int = 3
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass(frozen=True)
+class LocalPool:
+    """The local :class:`~imgembed.inference.Executor`: ``workers`` decode processes on this
+    machine (None: :func:`default_workers`; 0 decodes in this process), the model in this one."""
+
+    workers: int | None = None
+    runtime = None
+
+    def check(self) -> None:
+        """Nothing to check: the local pool runs wherever imgembed does."""
+
+    def embed_files(self, model: "Embedder", paths: Sequence[Path], *, batch_size: int = 32,
+                    max_pixels: int = DEFAULT_MAX_PIXELS,
+                    decode_timeout: float = DEFAULT_DECODE_TIMEOUT) -> Iterator[EmbeddedBatch]:
+        return embed_files(model, paths, batch_size=batch_size, workers=self.workers, max_pixels=max_pixels,
+                           decode_timeout=decode_timeout)
+
+
 def _decoded_in(pool: ProcessPoolExecutor, paths: Sequence[Path], ahead: int):
     """Decode results of ``paths`` in order, with at most ``ahead`` files in flight: the first
     batch is ready after ``batch / workers`` decodes, and memory stays bounded however many

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -136,6 +137,28 @@ class _Embed:
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out["vector"] = vectors
         return out
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """The Ray :class:`~imgembed.inference.Executor`: decode tasks and ``actors`` model replicas
+    (None: one per GPU, else one per CPU) on the cluster at ``address`` (None: this process's Ray
+    session, else a local cluster started for the run). Its actors run torch."""
+
+    address: str | None = None
+    actors: int | None = None
+    runtime = "torch"
+
+    def check(self) -> None:
+        from ..model.backbones import require_torch
+
+        require()  # fail before any work when Ray is not installed
+        require_torch("--engine ray (its model actors run torch)")
+
+    def embed_files(self, model: "EmbeddingModel", paths: Sequence[Path], *, batch_size: int = 32,
+                    max_pixels: int, decode_timeout: float = DEFAULT_DECODE_TIMEOUT) -> Iterator[EmbeddedBatch]:
+        return embed_files(model, paths, address=self.address, batch_size=batch_size, actors=self.actors,
+                           max_pixels=max_pixels, decode_timeout=decode_timeout)
 
 
 def embed_files(model: "EmbeddingModel", paths: Sequence[Path], *, address: str | None = None,
