@@ -26,6 +26,8 @@ import numpy as np
 import quality_data
 from quality import _Set, gallery_of, knn_and_map, l2n, queries_of, splits
 
+from imgembed.train.featcache import plain_transform
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,7 +50,7 @@ def main() -> None:
     for name in args.sets:
         paths, labels, _ = quality_data.labelled(name)
         model = load_model("efficientnet_lite0", "imagenet", "fp32", inference=False).use_blend_taps()
-        loader = torch.utils.data.DataLoader(_Set(paths, model.preprocess.transform(), model.preprocess.min_side),
+        loader = torch.utils.data.DataLoader(_Set(paths, plain_transform(model.preprocess), model.preprocess.min_side),
                                              batch_size=32, num_workers=2)
         maps, tapped = [], []
         t0 = time.perf_counter()

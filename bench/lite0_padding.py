@@ -20,6 +20,7 @@ from imgembed.imaging.preprocess import Preprocess
 from imgembed.model.backbones import build_classifier
 from imgembed.model.efficientnet_lite import SameConv2d
 from imgembed.model.lite_arch import PREPROCESS_MEAN, PREPROCESS_STD
+from imgembed.train.featcache import plain_transform
 
 # photo -> ImageNet class indices that count as right
 PHOTOS = {"chelsea": {281, 282, 283, 284, 285}, "coffee": {967}, "camera": {872}, "rocket": {657, 744}}
@@ -42,7 +43,7 @@ def main() -> None:
             if padding == "symmetric":
                 conv.forward = symmetric(conv)
         for norm, (mean, std) in NORMS.items():
-            transform = Preprocess(256, 224, mean, std, "bicubic").transform()
+            transform = plain_transform(Preprocess(256, 224, mean, std, "bicubic"))
             with torch.inference_mode():
                 probs = model(torch.stack([transform(im) for im in images])).softmax(1)
             right = [float(p[list(classes)].sum()) for p, classes in zip(probs, PHOTOS.values())]

@@ -38,6 +38,8 @@ import quality_data
 from PIL import Image, ImageEnhance, ImageFilter
 from quality_data import HERE, KIND
 
+from imgembed.train.featcache import plain_transform
+
 OUT = HERE / "data" / "quality"
 TUNE = ("clipart", "fashion")
 HELD_OUT = ("clipart-top", "digits", "photos")
@@ -90,7 +92,7 @@ def feature_maps_pooled(model, items, poolings, batch=32) -> dict[str, np.ndarra
     from imgembed.model.network import pool
     from imgembed.model.precision import autocast
 
-    loader = torch.utils.data.DataLoader(_Set(items, model.preprocess.transform(), model.preprocess.min_side),
+    loader = torch.utils.data.DataLoader(_Set(items, plain_transform(model.preprocess), model.preprocess.min_side),
                                          batch_size=batch, num_workers=2)
     out = {p: [] for p in poolings}
     with torch.inference_mode():
@@ -257,7 +259,7 @@ def pooled(model, items, batch=32) -> np.ndarray:
         got = FeatureCache(OUT / "featcache", model).features(items, 1, workers=2, max_pixels=400_000_000)
         assert len(got.ok) == len(items), got.failed[:3]
         return got.features[:, 0]
-    loader = torch.utils.data.DataLoader(_Set(items, model.preprocess.transform(), model.preprocess.min_side),
+    loader = torch.utils.data.DataLoader(_Set(items, plain_transform(model.preprocess), model.preprocess.min_side),
                                          batch_size=batch, num_workers=2)
     out = []
     with torch.inference_mode():

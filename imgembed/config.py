@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from .errors import InputError, ModelError
 
+DEFAULT_MODEL = "efficientnet_lite0"  # the backbone of new indexes and of `train`
 PRECISIONS = ("auto", "fp32", "bf16")  # torch inference precision (see imgembed.model.precision)
 RUNTIMES = ("auto", "onnx", "openvino", "torch")  # inference engine (see imgembed.inference.runtime)
 MINERS = ("batch-hard", "semi-hard", "all")  # see imgembed.train.losses

@@ -13,14 +13,9 @@ from imgembed.api import IndexOptions, LocalPool, check_index, index_folder, rem
 from imgembed.errors import IndexLockedError, RemovalRefusedError
 from imgembed.index import FAISS_FILE, ImageIndex, vectors
 from imgembed.index.lock import WriterLock
+from imgembed.train.featcache import plain_transform
 
-from conftest import SAMPLES, run_cli, run_json
-
-
-def copy_classes(dest, *labels):
-    for label in labels:
-        shutil.copytree(SAMPLES / label, dest / label)
-    return dest
+from conftest import CLASSES, SAMPLES, copy_classes, run_cli, run_json
 
 
 def snapshot(index_dir):
@@ -80,7 +75,7 @@ def test_an_empty_or_unmounted_folder_never_wipes_the_index(tmp_path, model):
 
 
 def test_losing_most_of_a_large_folder_is_refused_but_ordinary_deletions_pass(tmp_path, model):
-    folder = copy_classes(tmp_path / "photos", *sorted(p.name for p in SAMPLES.iterdir() if p.is_dir()))
+    folder = copy_classes(tmp_path / "photos", *CLASSES)
     index = tmp_path / "idx"
     total = index_folder(folder, index, model, executor=LocalPool(workers=0)).total
     assert total == 80
@@ -89,7 +84,7 @@ def test_losing_most_of_a_large_folder_is_refused_but_ordinary_deletions_pass(tm
         f.unlink()
     assert index_folder(folder, index, model, executor=LocalPool(workers=0)).removed == 45
     shutil.rmtree(folder)
-    copy_classes(folder, *sorted(p.name for p in SAMPLES.iterdir() if p.is_dir()))
+    copy_classes(folder, *CLASSES)
     back = index_folder(folder, index, model, executor=LocalPool(workers=0))
     assert (back.added, back.restored) == (0, 45)  # their vectors were kept: nothing embedded
     for f in files[:60]:  # a half-copied folder: 60 of 80 missing
@@ -281,7 +276,7 @@ def test_a_stuck_decode_is_skipped_by_train_and_evaluate_too(tmp_path, monkeypat
     assert [(paths[i].name, r) for i, r in got.failed] == [
         ("dolphin.png", "decoding took longer than 1 s (stuck or hostile file)")]
     assert len(got.ok) == 9
-    loader = _Images(paths, torch_model.preprocess.transform(), torch_model.preprocess.min_side, timeout=1.0)
+    loader = _Images(paths, plain_transform(torch_model.preprocess), torch_model.preprocess.min_side, timeout=1.0)
     i, tensor, reason = loader[[p.name for p in paths].index("dolphin.png")]
     assert tensor is None and reason == "decoding took longer than 1 s (stuck or hostile file)"
     assert time.monotonic() - started < 25

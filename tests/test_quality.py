@@ -16,6 +16,7 @@ from imgembed.api import LocalPool, Searcher, embed, index_folder
 from imgembed.imaging.preprocess import Preprocess
 from imgembed.model.network import load_model, pool
 from imgembed.train import blend, closedform
+from imgembed.train.featcache import plain_transform
 
 from conftest import SAMPLES, run_cli, run_json
 
@@ -60,7 +61,7 @@ def test_pooling_and_fit_are_part_of_the_identity(model):
 def test_pad_fit_keeps_the_whole_image_and_pads_with_zeros():
     pre = Preprocess(224, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", "pad")
     wide = Image.new("RGB", (400, 100), (255, 0, 0))
-    t = pre.transform()(wide)
+    t = plain_transform(pre)(wide)
     assert t.shape == (3, 224, 224)
     assert torch.allclose(t[:, 0, :], torch.zeros(3, 224), atol=0.01)  # padding normalises to 0
     assert torch.allclose(t[0, 112, :], torch.ones(224), atol=0.01)  # the image spans the full width

@@ -13,6 +13,7 @@ from imgembed.api import IndexOptions, LocalPool, Searcher, embed, index_folder,
 from imgembed.errors import RuntimeUnavailableError
 from imgembed.imaging.preprocess import Preprocess
 from imgembed.inference import runtime
+from imgembed.train.featcache import plain_transform
 
 from conftest import QUERIES, ROOT, SAMPLES, run_json
 
@@ -35,7 +36,7 @@ def test_numpy_preprocessing_is_torchvisions_bit_for_bit(sample_files):
     for fit, resize in (("crop", 256), ("whole", 224), ("pad", 224)):
         for interpolation in ("bilinear", "bicubic"):
             pre = Preprocess(resize, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), interpolation, fit)
-            transform = pre.transform()
+            transform = plain_transform(pre)
             for image in images:
                 np.testing.assert_array_equal(pre.to_array(image), transform(image).numpy(), err_msg=f"{fit} {image.size}")
 

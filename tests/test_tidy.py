@@ -16,16 +16,14 @@ from imgembed.errors import InputError
 from imgembed.imaging.decode import to_rgb
 from imgembed.index import ImageIndex
 
-from conftest import SAMPLES, run_cli, run_json
+from conftest import copy_classes, run_cli, run_json
 
 
 @pytest.fixture
 def planted(tmp_path, model):
     """Two classes of sample drawings; an exact copy of one in another folder, a second exact copy,
     and a half-size JPEG of another (a near copy). Indexed."""
-    folder = tmp_path / "photos"
-    for cls in ("fruit", "clocks"):
-        shutil.copytree(SAMPLES / cls, folder / cls)
+    folder = copy_classes(tmp_path / "photos", "fruit", "clocks")
     (folder / "inbox").mkdir()
     pear = folder / "fruit" / "pear.png"
     shutil.copy(pear, folder / "inbox" / "pear.png")
@@ -207,3 +205,15 @@ def test_near_copies_keep_the_larger_image(planted):
     assert (folder / tidy.TRASH / "inbox" / "banana_small.jpg").is_file()
     api.undo_duplicate_actions(index)
     assert (folder / "inbox" / "banana_small.jpg").is_file()
+
+
+def test_two_runs_in_one_second_get_journals_of_their_own(tmp_path):
+    """The web app acts twice within a second in one process: each run has its own journal."""
+    first = tidy.Journal.create(tmp_path, {"op": "trash"})
+    second = tidy.Journal.create(tmp_path, {"op": "move"})
+    try:
+        assert first.path != second.path and first.path.is_file() and second.path.is_file()
+        assert tidy.read_journal(second.path)[0]["op"] == "move"
+    finally:
+        first.close()
+        second.close()

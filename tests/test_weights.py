@@ -8,13 +8,14 @@ from skimage import data as skdata
 from imgembed.errors import ModelError, WeightsUnavailableError
 from imgembed.model.backbones import BACKBONES, build_classifier, legacy_preprocess
 from imgembed.model.network import load_model
+from imgembed.train.featcache import plain_transform
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
 
 
 def _probabilities(classifier, images):
-    transform = legacy_preprocess("efficientnet_lite0").transform()  # the ImageNet evaluation crop
+    transform = plain_transform(legacy_preprocess("efficientnet_lite0"))  # the ImageNet evaluation crop
     with torch.inference_mode():
         return classifier(torch.stack([transform(im) for im in images])).softmax(1)
 

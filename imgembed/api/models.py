@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageLoadError, InputError, ModelMismatchError, TorchUnavailableError
+from ..config import DEFAULT_MODEL
+from ..errors import ImageLoadError, InputError, ModelMismatchError
 from ..imaging.decode import DEFAULT_MAX_PIXELS, load_for_model, to_rgb
 from ..index import MANIFEST, read_manifest
+from ..inference import loader
 
 if TYPE_CHECKING:
     from ..inference import Embedder
@@ -18,53 +20,22 @@ if TYPE_CHECKING:
 Query = str | Path | Image.Image
 
 
-def load_model(name_or_checkpoint: str = "efficientnet_lite0", weights: str = "imagenet",
+def load_model(name_or_checkpoint: str = DEFAULT_MODEL, weights: str = "imagenet",
                precision: str = "auto", *, index: str | Path | None = None,
                runtime: str = "auto", like: dict | None = None) -> "Embedder":
     """A registry backbone (default: offline EfficientNet-Lite0) or a ``.pt`` checkpoint, ready
     to embed.
 
-    ``runtime="auto"`` runs it under ONNX Runtime where that is installed (exported once per
-    model and cached; a cached model loads without importing torch), else under torch; see
-    :mod:`imgembed.inference.runtime`. Under torch, ``precision="auto"`` runs bf16 where the hardware does
-    so natively, fp32 elsewhere. With ``index``, an existing index built by the same backbone
-    lends its preprocessing and pooling, so that an index built before today's defaults keeps
-    embedding its images the old way; so does ``like``, a model identity.
+    ``runtime="auto"`` runs it under ONNX Runtime where that is installed (built or exported once
+    per model and cached, loaded without importing torch), else under torch; see
+    :mod:`imgembed.inference.runtime`. Under torch, ``precision="auto"`` runs bf16 where the
+    hardware does so natively, fp32 elsewhere. With ``index``, an existing index built by the same
+    backbone lends its preprocessing and pooling, so that an index built before today's defaults
+    keeps embedding its images the old way; so does ``like``, a model identity.
     """
-    from ..inference import runtime as rt
-
     if index is not None and (Path(index) / MANIFEST).is_file():
         like = read_manifest(Path(index)).get("model")
-    engine = rt.choose(runtime, precision)
-    if engine != "torch":
-        key = rt.source_key(name_or_checkpoint, weights, like)
-        found = rt.cached_source(key, engine) or rt.without_torch(name_or_checkpoint, weights, like, key, engine)
-        if found is not None:
-            return found
-        if not rt.torch_available():
-            raise _needs_torch(name_or_checkpoint, weights)
-    from ..model.network import load_model as _load
-
-    model = _load(name_or_checkpoint, weights, "fp32" if engine != "torch" else precision, like=like)
-    if engine != "torch":
-        return rt.export(model, key, engine) or model.set_precision(precision)
-    return model
-
-
-def _needs_torch(name_or_checkpoint: str, weights: str) -> TorchUnavailableError:
-    """Why a model cannot run in this install (no torch), and what to do about it."""
-    from ..inference import runtime as rt
-
-    fix = "pip install 'imgembed[train]'"
-    if name_or_checkpoint.endswith(".pt") or Path(name_or_checkpoint).is_file():
-        side = rt.beside_path(name_or_checkpoint)
-        state = "is for another version of it" if side.is_file() else "is missing"
-        return TorchUnavailableError(
-            f"{name_or_checkpoint}: its ONNX export {side} {state}, and this install has no torch to load the "
-            f"checkpoint: run `imgembed export {name_or_checkpoint}` where torch is installed ({fix}), or "
-            "install it here")
-    return TorchUnavailableError(f"--model {name_or_checkpoint} --weights {weights} needs torch, which this install "
-                                 f"lacks (only the default backbone with ImageNet weights runs without it): {fix}")
+    return loader.load(name_or_checkpoint, weights, precision, runtime, like)
 
 
 def embed(model: "Embedder", items: Sequence[Query], *, max_pixels: int = DEFAULT_MAX_PIXELS,

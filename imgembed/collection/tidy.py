@@ -242,8 +242,15 @@ class Journal:
     def create(cls, folder: Path, header: dict) -> "Journal":
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        journal = cls(folder / f"{stamp}-{os.getpid()}.jsonl")
-        journal._f = open(journal.path, "x", encoding="utf-8")
+        for n in range(1000):  # two runs in one second of one process (the web app) get their own
+            journal = cls(folder / f"{stamp}-{os.getpid()}{f'-{n}' if n else ''}.jsonl")
+            try:
+                journal._f = open(journal.path, "x", encoding="utf-8")
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise InputError(f"{folder}: cannot name a new journal (1000 runs this second); try again")
         journal._write({"journal": "imgembed-duplicates", "version": JOURNAL_VERSION, **header})
         return journal
 

@@ -52,19 +52,6 @@ class Preprocess:
         return cls(int(d["resize"]), int(d["crop"]), tuple(map(float, d["mean"])),
                    tuple(map(float, d["std"])), str(d.get("interpolation", "bilinear")), str(d.get("fit", "crop")))
 
-    def transform(self):
-        """A picklable callable mapping an RGB PIL image to a (3, crop, crop) float tensor."""
-        from torchvision import transforms as T
-
-        mode = T.InterpolationMode(self.interpolation)
-        if self.fit == "crop":
-            geometry = [T.Resize(self.resize, interpolation=mode, antialias=True), T.CenterCrop(self.crop)]
-        elif self.fit == "whole":
-            geometry = [T.Resize((self.crop, self.crop), interpolation=mode, antialias=True)]
-        else:
-            geometry = [_PadToSquare(self.crop, self.mean, mode)]
-        return T.Compose([*geometry, T.ToTensor(), T.Normalize(self.mean, self.std)])
-
     def to_array(self, image) -> np.ndarray:
         """The values of :meth:`transform` as a (3, crop, crop) float32 array, with PIL and numpy
         alone: the inference path runs without torch. Same geometry, rounding and order of
@@ -88,7 +75,7 @@ class Preprocess:
             if (w, h) != (self.crop, self.crop):
                 image = image.resize((self.crop, self.crop), resample)
         else:
-            image = _PadToSquare(self.crop, self.mean, resample)(image)
+            image = PadToSquare(self.crop, self.mean, resample)(image)
         x = np.asarray(image, dtype=np.uint8).astype(np.float32).transpose(2, 0, 1) / np.float32(255)
         mean = np.asarray(self.mean, np.float32).reshape(3, 1, 1)
         std = np.asarray(self.std, np.float32).reshape(3, 1, 1)
@@ -105,7 +92,7 @@ def _pad_centred(image, side: int, fill):
     return canvas
 
 
-class _PadToSquare:
+class PadToSquare:
     """Resize the long side to ``size`` and centre the image on a ``size x size`` canvas of the
     mean colour (which normalises to zero, as the network's own zero padding does)."""
 

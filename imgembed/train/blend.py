@@ -34,6 +34,7 @@ changes move an embedding along, and weighs them down; the blend weight is then 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -111,13 +112,27 @@ def open_set_cap(u: np.ndarray, z: np.ndarray, labels: np.ndarray, shrinkage: fl
     return min(caps)
 
 
-def fit(train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray, *,
-        epochs: int, lr: float, loss_fn, batches, parts: list[int] | None = None, shrinkage: float = 0.3,
-        seed: int = 0) -> BlendFit:
+@dataclass(frozen=True)
+class Fitting:
+    """How the projection is fine-tuned from its closed form: at most ``epochs`` epochs of AdamW at
+    ``lr`` on ``loss_fn(embeddings, labels)`` over ``batches(labels)`` (index arrays); ``parts``
+    are the pooled features' channels per part (None: one part); ``shrinkage`` regularises WCCN."""
+
+    epochs: int
+    lr: float
+    loss_fn: Callable
+    batches: Callable
+    parts: list[int] | None = None
+    shrinkage: float = 0.3
+    seed: int = 0
+
+
+def fit(train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray,
+        how: Fitting) -> BlendFit:
     """Choose the head on (train, validation). ``train_x``: (n, views, D) pooled features,
-    ``val_x``: (m, D); ``parts``: their channels per part (default: one part);
-    ``loss_fn(embeddings, labels)``; ``batches(labels)`` yields index arrays."""
-    parts = parts or [train_x.shape[-1]]
+    ``val_x``: (m, D)."""
+    parts = how.parts or [train_x.shape[-1]]
+    epochs, lr, loss_fn, batches, shrinkage, seed = how.epochs, how.lr, how.loss_fn, how.batches, how.shrinkage, how.seed
     u, z = _split(train_x, parts)
     n, views, d = z.shape
     val_u, val_z = _split(val_x, parts)
@@ -156,18 +171,17 @@ def fit(train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: 
     return BlendFit(linear, best_w, best_epoch, best_m, untrained, cap, history)
 
 
-def refit(x: torch.Tensor, y: np.ndarray, *, epochs: int, lr: float, loss_fn, batches,
-          parts: list[int] | None = None, shrinkage: float = 0.3) -> nn.Linear:
-    """The projection fitted on all labelled images, with the epochs :func:`fit` chose."""
-    _, z = _split(x, parts or [x.shape[-1]])
+def refit(x: torch.Tensor, y: np.ndarray, how: Fitting) -> nn.Linear:
+    """The projection fitted on all labelled images, for ``how.epochs`` (those :func:`fit` chose)."""
+    _, z = _split(x, how.parts or [x.shape[-1]])
     d = z.shape[2]
     flat_y = np.repeat(y, z.shape[1])
-    linear = _init_closed_form(z.reshape(-1, d), flat_y, shrinkage)
-    optimizer = torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=1e-4)
+    linear = _init_closed_form(z.reshape(-1, d), flat_y, how.shrinkage)
+    optimizer = torch.optim.AdamW(linear.parameters(), lr=how.lr, weight_decay=1e-4)
     flat = torch.from_numpy(z.reshape(-1, d))
-    for _ in range(epochs):
-        for batch in batches(flat_y):
-            loss = loss_fn(F.normalize(linear(flat[torch.from_numpy(batch)]), dim=1), torch.from_numpy(flat_y[batch]))
+    for _ in range(how.epochs):
+        for batch in how.batches(flat_y):
+            loss = how.loss_fn(F.normalize(linear(flat[torch.from_numpy(batch)]), dim=1), torch.from_numpy(flat_y[batch]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

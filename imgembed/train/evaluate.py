@@ -82,10 +82,10 @@ def _embed_direct(model: "OnnxModel", paths, workers, batch_size, progress):
 def baseline_of(model: "EmbeddingModel | OnnxModel") -> "EmbeddingModel | OnnxModel":
     """The untrained backbone a checkpoint was trained from (its preprocessing and pooling too)."""
     if model.runtime != "torch":
-        from ..api import load_model as load_any
+        from ..inference.loader import load
 
-        return load_any(model.backbone_name, model.source.get("weights", "imagenet"), runtime=model.runtime,
-                        like=model.identity)
+        return load(model.backbone_name, model.source.get("weights", "imagenet"), runtime=model.runtime,
+                    like=model.identity)
     from ..model.network import load_model
 
     return load_model(model.backbone_name, model.source.get("weights", "imagenet"), model.precision,

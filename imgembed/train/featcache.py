@@ -22,6 +22,7 @@ import torch
 from ..errors import ImageLoadError
 from ..imaging.decode import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, load_for_model
 from ..imaging.files import atomic_path, content_hash
+from ..imaging.preprocess import PadToSquare, Preprocess
 from ..inference.lifetime import worker_init_fn
 from ..inference.pool import default_workers
 from ..model.network import EmbeddingModel
@@ -47,6 +48,22 @@ class _Shrink:
     def __call__(self, image):
         factor = min(image.size) // self.side
         return image.reduce(factor) if factor > 1 else image
+
+
+def plain_transform(preprocess: Preprocess):
+    """A picklable callable mapping an RGB PIL image to a (3, crop, crop) float tensor: ``preprocess``
+    in torchvision, which training's loaders use (:meth:`Preprocess.to_array` is the same without
+    torch, bit for bit: tested)."""
+    from torchvision import transforms as T
+
+    mode = T.InterpolationMode(preprocess.interpolation)
+    if preprocess.fit == "crop":
+        geometry = [T.Resize(preprocess.resize, interpolation=mode, antialias=True), T.CenterCrop(preprocess.crop)]
+    elif preprocess.fit == "whole":
+        geometry = [T.Resize((preprocess.crop, preprocess.crop), interpolation=mode, antialias=True)]
+    else:
+        geometry = [PadToSquare(preprocess.crop, preprocess.mean, mode)]
+    return T.Compose([*geometry, T.ToTensor(), T.Normalize(preprocess.mean, preprocess.std)])
 
 
 def augmentations(preprocess):
@@ -111,7 +128,7 @@ class _Views(torch.utils.data.Dataset):
     def __init__(self, paths, cache_dir: Path, preprocess, views: int, max_pixels: int, timeout: float):
         self.paths, self.cache_dir, self.preprocess = paths, cache_dir, preprocess
         self.views, self.max_pixels, self.timeout = views, max_pixels, timeout
-        self.plain = preprocess.transform()
+        self.plain = plain_transform(preprocess)
 
     def __len__(self):
         return len(self.paths)

@@ -134,7 +134,7 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = No
     else:
         runner = _FrozenRunner(config, data, train_idx, val_idx, cache_dir, progress)
     if config.head == "blend" and config.finetune_blocks == 0:
-        return _train_blend(config, data, dropped, runner, train_idx, val_idx, out, rng, on_epoch)
+        return _train_blend(_Job(config, data, dropped, runner, train_idx, val_idx, out, rng, on_epoch))
     head_config = config.head_config()
     trainable = runner.build(head_config)
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -170,7 +170,8 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = No
             bad_epochs += 1
         log = EpochLog(epoch + 1, loss, metrics, lr, time.perf_counter() - t0, improved)
         history.append(log)
-        _save_resume(out, config, runner, optimizer, rng, epoch, best, best_epoch, bad_epochs, history)
+        _save_resume(_Job(config, data, dropped, runner, train_idx, val_idx, out, rng, on_epoch), optimizer,
+                     epoch, (best, best_epoch, bad_epochs), history)
         if on_epoch:
             on_epoch(log)
         if len(val_idx) and config.patience and bad_epochs >= config.patience:
@@ -188,11 +189,27 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = No
         train_seconds=time.perf_counter() - started, history=history))
 
 
-def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: "_FrozenRunner", train_idx, val_idx, out: Path,
-                 rng: np.random.Generator, on_epoch) -> TrainResult:
+@dataclass
+class _Job:
+    """One run of :func:`train`, as it set it up, for the code that fits and saves."""
+
+    config: TrainConfig
+    data: LabelledSet
+    dropped: dict
+    runner: "_FrozenRunner | _FinetuneRunner"
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    out: Path
+    rng: np.random.Generator
+    on_epoch: Callable[[EpochLog], None] | None
+
+
+def _train_blend(job: _Job) -> TrainResult:
     """The default head: see :mod:`imgembed.train.blend`. Seconds on a CPU, so it does not resume."""
     from . import blend
 
+    config, data, runner, rng, on_epoch = job.config, job.data, job.runner, job.rng, job.on_epoch
+    train_idx, val_idx, out, dropped = job.train_idx, job.val_idx, job.out, job.dropped
     started = time.perf_counter()
     loss_fn = lambda emb, labels: metric_loss(config, emb, labels)  # noqa: E731
     batches = lambda labels: pk_batches(labels, config.classes_per_batch, config.images_per_class, rng)  # noqa: E731
@@ -204,8 +221,7 @@ def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: 
         feats, labels = runner.train_feats, runner.train_labels
     elif val_ok:
         result = blend.fit(runner.train_feats, runner.train_labels, runner.val_feats[:, 0], runner.val_labels,
-                           epochs=config.epochs, lr=config.lr, loss_fn=loss_fn, batches=batches, parts=parts,
-                           seed=config.seed)
+                           blend.Fitting(config.epochs, config.lr, loss_fn, batches, parts, seed=config.seed))
         for epoch, loss, weight, metrics in result.history:
             log = EpochLog(epoch, loss, {**metrics, "weight": weight}, config.lr, 0.0, epoch == result.epochs)
             history.append(log)
@@ -220,8 +236,7 @@ def _train_blend(config: TrainConfig, data: LabelledSet, dropped: dict, runner: 
     model = runner.base
     if weight > 0:
         # unlabelled: each image is its own class, so WCCN learns what augmentations change
-        linear = blend.refit(feats, labels, epochs=epochs, lr=config.lr, loss_fn=loss_fn, batches=batches,
-                             parts=parts)
+        linear = blend.refit(feats, labels, blend.Fitting(epochs, config.lr, loss_fn, batches, parts))
         head_config = blend.head_config(parts, linear.out_features, weight, model.taps)
         model = EmbeddingModel(model.backbone_name, model.backbone, model.weights_id, model.preprocess,
                                head_config, pooling=model.pooling)
@@ -261,7 +276,10 @@ def _save(runner, config: TrainConfig, data: LabelledSet, out: Path, metrics: di
                     backbone_trained=config.finetune_blocks > 0)
 
 
-def _save_resume(out, config, runner, optimizer, rng, epoch, best, best_epoch, bad_epochs, history) -> None:
+def _save_resume(job: _Job, optimizer, epoch: int, best: tuple[float, int, int], history: list) -> None:
+    """The whole state after ``epoch`` (``best``: score, its epoch, epochs since), for ``--resume``."""
+    config, runner, rng, out = job.config, job.runner, job.rng, job.out
+    (best, best_epoch, bad_epochs) = best
     state = {
         "config": asdict(config), "epoch": epoch, "model_state": runner.trainable_state(),
         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
