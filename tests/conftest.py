@@ -1,5 +1,7 @@
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -10,6 +12,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
 QUERIES = ROOT / "sample_queries"
+CLASSES = sorted(p.name for p in SAMPLES.iterdir() if p.is_dir())  # the sample classes (sub-folders)
+
+# The identity of a made-up model, for indexes built from made-up vectors (dim: theirs).
+TOY_IDENTITY = {"backbone": "toy", "weights": "none:seed0", "head": None, "checkpoint": None, "dim": 8,
+                "preprocess": {"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1],
+                               "interpolation": "bilinear"}}
+TOY_SOURCE = {"model": "toy", "weights": "none"}
 
 # ONNX exports made by the tests (and the CLIs they run) go to a cache of their own.
 os.environ["IMGEMBED_MODEL_CACHE"] = tempfile.mkdtemp(prefix="imgembed-test-models-")
@@ -46,6 +55,51 @@ def sample_index(tmp_path_factory, model):
     directory = tmp_path_factory.mktemp("idx") / "samples"
     index_folder(SAMPLES, directory, model, executor=LocalPool(workers=0))
     return directory
+
+
+@pytest.fixture
+def built(tmp_path):
+    """Builds a toy index without a model: ``built(images, index_type=None, skipped=())`` opens
+    ``tmp_path / "idx"`` for writing under :data:`TOY_IDENTITY` (with the images' dimension),
+    commits the :class:`~imgembed.index.store.NewImage` rows and ``skipped`` in one chunk, saves,
+    and returns ``(directory, ids)``, the new rows' ids as an int64 array in the images' order."""
+    import numpy as np
+
+    from imgembed.index import ImageIndex
+
+    def build(images, index_type=None, skipped=()):
+        identity = {**TOY_IDENTITY, "dim": len(images[0].vector)}
+        with ImageIndex.open_for_write(tmp_path / "idx", identity, TOY_SOURCE, index_type) as idx:
+            ids = idx.commit(add=images, skipped=skipped)
+            idx.save()
+        return tmp_path / "idx", np.asarray(ids, np.int64)
+
+    return build
+
+
+def copy_classes(dest, *classes):
+    """Copy sample classes (sub-folders of sample_images/) into ``dest``; return ``dest``."""
+    for name in classes:
+        shutil.copytree(SAMPLES / name, Path(dest) / name)
+    return Path(dest)
+
+
+def downgrade(database, version):
+    """Turn a metadata.sqlite written by today's code into what schema ``version`` was, as the
+    releases of that version wrote it: drop what each later step added, newest first, and record
+    ``version``. Rows keep their ids, paths and vectors."""
+    from imgembed.index.store import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION == 3, "downgrade() knows schema versions 1 to 3: teach it what the new step adds"
+    db = sqlite3.connect(database)
+    with db:
+        if version < 3:  # tombstones
+            db.execute("DROP INDEX IF EXISTS removed_hash")
+            db.execute("DROP TABLE IF EXISTS removed")
+        if version < 2:  # perceptual hashes
+            db.execute("ALTER TABLE images DROP COLUMN phash")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    db.close()
 
 
 def run_cli(*args, env=None, check=True, cwd=None):

@@ -9,7 +9,7 @@ import sys
 import pytest
 from badfiles import EXPECTED, halves, make_bad_folder
 
-from conftest import QUERIES, ROOT, SAMPLES, run_cli, run_json
+from conftest import QUERIES, ROOT, SAMPLES, copy_classes, run_cli, run_json
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,7 @@ def test_unlabelled_index_says_so(tmp_path):
 
 
 def test_changed_and_deleted_files_are_updated(tmp_path):
-    folder = tmp_path / "photos"
-    shutil.copytree(SAMPLES / "fruit", folder / "fruit")
+    folder = copy_classes(tmp_path / "photos", "fruit")
     index = tmp_path / "idx"
     assert run_json("index", folder, "--index", index)["added"] == 10
     (folder / "fruit" / "pear.png").unlink()
@@ -167,8 +166,7 @@ def test_an_unchanged_folder_is_indexed_without_torch_or_a_model(tmp_path):
     not for torch and a model; a changed file loads the index's own model (a checkpoint here
     would be found the same way, from the manifest), from the export cached by the first run,
     decoding in worker processes, and still without torch."""
-    folder = tmp_path / "photos"
-    shutil.copytree(SAMPLES / "fruit", folder)
+    folder = copy_classes(tmp_path / "photos", "fruit") / "fruit"
     index = tmp_path / "idx"
     run_cli("index", folder, "--index", index, "-q")
     probe = ("import sys; from imgembed.cli import main\n"

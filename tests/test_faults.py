@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from imgembed.index import ImageIndex
+from imgembed.index.lock import LOCK_FILE, read_holder
 
 from conftest import ROOT, SAMPLES
 
@@ -144,16 +145,32 @@ def assert_each_file_once(index, folder):
         return idx, len(paths)
 
 
+def holds_the_lock(index, proc) -> bool:
+    """Whether ``proc`` has taken the index's writer lock (the lock file names its holder)."""
+    return (read_holder(Path(index) / LOCK_FILE) or {}).get("pid") == proc.pid
+
+
 def test_sigkill_at_random_moments_then_resume(tmp_path):
+    """Four runs SIGKILLed at seeded moments, each resumed by the next. A kill comes once the run
+    holds the writer lock and has committed ``past`` images more than the runs before it kept
+    (``past`` 0 for one of them: before its first chunk, while it plans and loads the model),
+    then a seeded fraction of a second later, so that it lands anywhere in what follows:
+    decoding, embedding, a commit, a publication."""
     folder = make_folder(tmp_path / "photos", 3)  # 240 images
     index = tmp_path / "idx"
     rng = random.Random(1234)
+    pasts = [0] + [rng.randint(1, 30) for _ in range(3)]  # 90 of the 240 at most: no run gets to the end
+    rng.shuffle(pasts)
     counts = []
-    for attempt in range(4):
+    for past in pasts:
+        target = committed(index) + past
         proc = start_index(folder, index)
-        time.sleep(rng.uniform(3.0, 9.0))
+        wait_for(lambda: holds_the_lock(index, proc) and committed(index) >= target, proc,
+                 what=f"the writer lock and {target} committed images")
+        time.sleep(rng.uniform(0.0, 0.25))
         below = (descendants(proc.pid) | mentioning(str(index))) - {proc.pid} if HAS_PROC else set()
         assert_none_left(left_after_kill(proc, below, also=lambda: mentioning(str(index)) if HAS_PROC else set()))
+        assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
         if (index / "manifest.json").exists():
             with ImageIndex.open(index) as idx:  # opens, consistent, no duplicates
                 n = idx.store.count()

@@ -4,7 +4,6 @@ reason. Every test file is made here: a sample drawing saved as HEIC/AVIF with a
 orientation, and DNG files written with tifffile (a preview and a sensor image, or no preview)."""
 
 import io
-import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from imgembed.imaging import formats
 from imgembed.imaging.decode import read_image
 from imgembed.imaging.files import IMAGE_EXTENSIONS
 
-from conftest import SAMPLES
+from conftest import SAMPLES, copy_classes
 
 pytest.importorskip("pillow_heif").register_heif_opener()  # to write the test files
 pytest.importorskip("rawpy")
@@ -94,9 +93,7 @@ def test_a_missing_plugin_is_a_skip_reason_naming_the_package(tmp_path, monkeypa
 
 
 def test_heic_avif_and_raw_are_indexed_and_found(tmp_path, model):
-    folder = tmp_path / "phone"
-    shutil.copytree(SAMPLES / "fruit", folder / "fruit")
-    shutil.copytree(SAMPLES / "clocks", folder / "clocks")
+    folder = copy_classes(tmp_path / "phone", "fruit", "clocks")
     picture = Image.open(SAMPLES / "birds" / sorted(p.name for p in (SAMPLES / "birds").iterdir())[0]).convert("RGB")
     (folder / "camera").mkdir()
     picture.save(folder / "camera" / "bird.heic", quality=85)

@@ -11,9 +11,8 @@ from imgembed.errors import IndexCorruptError, IndexNotFoundError, IndexVersionE
 from imgembed.index import DATABASE, FAISS_FILE, MANIFEST, ImageIndex, vectors
 from imgembed.index.store import NewImage, Skipped
 
-IDENTITY = {"backbone": "toy", "weights": "none:seed0", "head": None, "checkpoint": None, "dim": 8,
-            "preprocess": {"resize": 8, "crop": 8, "mean": [0, 0, 0], "std": [1, 1, 1], "interpolation": "bilinear"}}
-SOURCE = {"model": "toy", "weights": "none"}
+from conftest import TOY_IDENTITY as IDENTITY
+from conftest import TOY_SOURCE as SOURCE
 
 
 def unit(rng, n, d=8):
@@ -25,22 +24,17 @@ def new_image(i, vector, label="a"):
     return NewImage("/root", f"{label}/img{i}.png", label, 100 + i, 1_000 + i, f"hash{i}", 10, 20, vector)
 
 
-@pytest.fixture
-def built(tmp_path):
-    rng = np.random.default_rng(0)
-    vecs = unit(rng, 30)
-    with ImageIndex.open_for_write(tmp_path / "idx", IDENTITY, SOURCE) as idx:
-        ids = idx.commit(add=[new_image(i, v, "a" if i % 2 else "b") for i, v in enumerate(vecs)],
-                         skipped=[Skipped("/root", "bad.jpg", "empty file", 0, 1)])
-        idx.save()
-    return tmp_path / "idx", vecs, ids
+# The toy index most tests here build: 30 images in two labels, one skipped file.
+VECS = unit(np.random.default_rng(0), 30)
+IMAGES = [new_image(i, v, "a" if i % 2 else "b") for i, v in enumerate(VECS)]
+SKIPPED = [Skipped("/root", "bad.jpg", "empty file", 0, 1)]
 
 
 def test_round_trip_ids_map_to_their_rows(built):
-    directory, vecs, ids = built
+    directory, ids = built(IMAGES, skipped=SKIPPED)
     with ImageIndex.open(directory, IDENTITY) as idx:
         assert len(idx) == 30
-        hits = idx.search(vecs, k=3)
+        hits = idx.search(VECS, k=3)
         for i, row_hits in enumerate(hits):
             top = row_hits[0]
             assert top.rank == 1 and top.row.id == ids[i]
@@ -55,29 +49,29 @@ def test_round_trip_ids_map_to_their_rows(built):
 
 
 def test_search_matches_brute_force(built):
-    directory, vecs, ids = built
+    directory, ids = built(IMAGES, skipped=SKIPPED)
     queries = unit(np.random.default_rng(1), 5)
     with ImageIndex.open(directory) as idx:
         hits = idx.search(queries, k=10)
-    sims = queries @ vecs.T
+    sims = queries @ VECS.T
     for q, row_hits in enumerate(hits):
         expected = [ids[j] for j in np.argsort(-sims[q])[:10]]
         assert [h.row.id for h in row_hits] == expected
 
 
 def test_removal_keeps_ids_aligned(built):
-    directory, vecs, ids = built
+    directory, ids = built(IMAGES, skipped=SKIPPED)
     with ImageIndex.open_for_write(directory, IDENTITY, SOURCE) as idx:
         idx.commit(remove=ids[:10])
         idx.save()
     with ImageIndex.open(directory) as idx:
         assert len(idx) == 20
-        top = idx.search(vecs[10:], k=1)
-        assert [h[0].row.id for h in top] == ids[10:]
+        top = idx.search(VECS[10:], k=1)
+        assert [h[0].row.id for h in top] == list(ids[10:])
 
 
 def test_model_mismatch_is_refused(built):
-    directory, _, _ = built
+    directory, _ = built(IMAGES, skipped=SKIPPED)
     other = {**IDENTITY, "weights": "imagenet:x"}
     with pytest.raises(ModelMismatchError, match=r"manifest.json.*weights: index has 'none:seed0', model has 'imagenet:x'"):
         ImageIndex.open(directory, other)
@@ -86,7 +80,7 @@ def test_model_mismatch_is_refused(built):
 
 
 def test_truncated_faiss_file_is_named(built):
-    directory, _, _ = built
+    directory, _ = built(IMAGES, skipped=SKIPPED)
     path = directory / FAISS_FILE
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(IndexCorruptError, match=r"vectors\.faiss: truncated or damaged FAISS file"):
@@ -94,19 +88,19 @@ def test_truncated_faiss_file_is_named(built):
 
 
 def test_faiss_out_of_step_is_reported_searched_correctly_then_rebuilt_by_a_writer(built):
-    directory, vecs, ids = built
-    vectors.save(vectors.build_index(8, np.asarray(ids[:5]), vecs[:5]), directory / FAISS_FILE)
+    directory, ids = built(IMAGES, skipped=SKIPPED)
+    vectors.save(vectors.build_index(8, np.asarray(ids[:5]), VECS[:5]), directory / FAISS_FILE)
     with ImageIndex.open(directory) as idx:  # as a killed writer leaves it: named, and worked around
         assert "vectors.faiss: holds 5 vectors but metadata.sqlite has 30 images" in idx.problem
-        assert idx.search(vecs[29:], k=1)[0][0].row.id == ids[29]
+        assert idx.search(VECS[29:], k=1)[0][0].row.id == ids[29]
     with ImageIndex.open_for_write(directory, IDENTITY, SOURCE) as idx:  # rebuilds from stored vectors
         assert len(idx) == 30
     with ImageIndex.open(directory) as idx:
-        assert idx.problem is None and idx.search(vecs[29:], k=1)[0][0].row.id == ids[29]
+        assert idx.problem is None and idx.search(VECS[29:], k=1)[0][0].row.id == ids[29]
 
 
 def test_damaged_database_and_manifest_are_named(built, tmp_path):
-    directory, _, _ = built
+    directory, _ = built(IMAGES, skipped=SKIPPED)
     copy = tmp_path / "copy"
     shutil.copytree(directory, copy)
     (copy / DATABASE).write_bytes(b"garbage" * 100)
@@ -120,7 +114,7 @@ def test_damaged_database_and_manifest_are_named(built, tmp_path):
 
 
 def test_newer_format_and_schema_are_refused(built):
-    directory, _, _ = built
+    directory, _ = built(IMAGES, skipped=SKIPPED)
     db = sqlite3.connect(directory / DATABASE)
     with db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")

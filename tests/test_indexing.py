@@ -1,14 +1,12 @@
 """index_folder through the API: interruption keeps committed work and a re-run completes it."""
 
-import shutil
-
 import pytest
 
 from imgembed.api import IndexOptions, LocalPool, index_folder
 from imgembed.errors import InputError
 from imgembed.index import ImageIndex
 
-from conftest import SAMPLES
+from conftest import copy_classes
 
 
 class Stop(KeyboardInterrupt):
@@ -21,9 +19,7 @@ def test_interrupted_run_keeps_committed_chunks_and_resumes(tmp_path, model, wor
     the CLI) stops the run, keeps what was committed, and leaves no decode worker behind."""
     import multiprocessing
 
-    folder = tmp_path / "photos"
-    for label in ("birds", "fish", "fruit"):
-        shutil.copytree(SAMPLES / label, folder / label)
+    folder = copy_classes(tmp_path / "photos", "birds", "fish", "fruit")
     index = tmp_path / "idx"
 
     def interrupt_after_two_batches(done, total):

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_index_store import IDENTITY, SOURCE
 from test_vectors import DIM, clustered, rows
 
 from imgembed.api import check_index, index_info, rebuild_index
 from imgembed.errors import InputError
 from imgembed.index import ImageIndex, vectors
 
-from conftest import SAMPLES, run_json
+from conftest import SAMPLES, TOY_IDENTITY, run_json
 
-IDENT = {**IDENTITY, "dim": DIM}
+IDENT = {**TOY_IDENTITY, "dim": DIM}
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 
 
@@ -42,17 +41,15 @@ def recall_at_10(idx: ImageIndex, ids: np.ndarray, base: np.ndarray, queries: np
     return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got)]))
 
 
-@pytest.fixture
-def built(tmp_path):
-    data = clustered(3200, 7, centres=60)
-    with ImageIndex.open_for_write(tmp_path / "i", IDENT, SOURCE, "ondisk") as idx:
-        ids = np.array(idx.commit(add=rows(data[200:])))
-        idx.save()
-    return tmp_path / "i", data[:200], data[200:], ids
+# The ondisk index most tests here build (conftest's `built`): 3,000 clustered vectors, and 200
+# queries from the same clusters.
+DATA = clustered(3200, 7, centres=60)
+QUERY_VECS, BASE = DATA[:200], DATA[200:]
 
 
 def test_ondisk_index_agrees_with_brute_force_through_adds_and_removals(built):
-    directory, queries, base, ids = built
+    directory, ids = built(rows(BASE), "ondisk")
+    queries, base = QUERY_VECS, BASE
     [first] = generations(directory)
     assert vectors.choose("ondisk", 3000, DIM).factory == "IVF64,SQ8"
     with ImageIndex.open(directory, IDENT) as idx:
@@ -100,7 +97,8 @@ def test_ondisk_index_agrees_with_brute_force_through_adds_and_removals(built):
 def test_ondisk_results_are_rescored_with_the_stored_vectors(built):
     """The 8-bit codes give approximate scores and, among crowded neighbours, approximate ranks;
     search re-scores its candidates with the exact vectors from SQLite."""
-    directory, queries, base, ids = built
+    directory, ids = built(rows(BASE), "ondisk")
+    queries, base = QUERY_VECS, BASE
     by_id = dict(zip(ids.tolist(), base))
     exact = ids[np.argsort(-(queries @ base.T), axis=1)[:, :10]]
     with ImageIndex.open(directory, IDENT) as idx:
@@ -117,7 +115,8 @@ def test_ondisk_results_are_rescored_with_the_stored_vectors(built):
 
 
 def test_ondisk_directory_can_move(built, tmp_path):
-    directory, _, base, ids = built
+    directory, ids = built(rows(BASE), "ondisk")
+    base = BASE
     assert str(directory).encode() not in (directory / "vectors.faiss").read_bytes()  # data file named bare
     moved = tmp_path / "elsewhere" / "moved"
     moved.parent.mkdir()
@@ -129,7 +128,7 @@ def test_ondisk_directory_can_move(built, tmp_path):
 
 @pytest.mark.parametrize("where", ["writing a shard", "publishing vectors.faiss"])
 def test_writer_killed_mid_save_leaves_a_readable_index(built, where):
-    directory = built[0]
+    directory, _ = built(rows(BASE), "ondisk")
     before = generations(directory)
     more = clustered(300, 9, centres=60)
     # A child process adds vectors and dies (os._exit: no cleanup runs, as with SIGKILL) while

@@ -1,20 +1,16 @@
 """Several indexes searched as one: the same answers as one index holding everything."""
 
-import shutil
-
 import pytest
 
-from conftest import QUERIES, SAMPLES, run_cli, run_json
+from conftest import CLASSES, QUERIES, SAMPLES, copy_classes, run_cli, run_json
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """The sample classes split over two folders, indexed apart (a, b) and together (both)."""
     tmp = tmp_path_factory.mktemp("shards")
-    classes = sorted(p.name for p in SAMPLES.iterdir() if p.is_dir())
-    for part, names in (("a", classes[:3]), ("b", classes[3:])):
-        for name in names:
-            shutil.copytree(SAMPLES / name, tmp / part / name)
+    for part, names in (("a", CLASSES[:3]), ("b", CLASSES[3:])):
+        copy_classes(tmp / part, *names)
         run_cli("index", tmp / part, "--index", tmp / f"idx-{part}", "-q")
         run_cli("index", tmp / part, "--index", tmp / "idx-both", "-q")
     return tmp

@@ -85,7 +85,7 @@ def test_the_built_graph_gives_the_torch_models_vectors_and_neighbours(tmp_path,
     assert (top(a) == top(b)).all()
 
 
-def test_a_checkpoint_embeds_without_torch_through_its_export(tmp_path, sample_files):
+def test_a_checkpoint_embeds_without_torch_through_its_export(tmp_path):
     """`train` writes mine.onnx beside mine.pt; an install without torch indexes and searches with
     it from an empty model cache, with the torch model's neighbours; an older checkpoint without
     the export gets one line naming the command that writes it."""

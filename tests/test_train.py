@@ -14,7 +14,7 @@ from imgembed.train.evaluate import evaluate
 from imgembed.train.featcache import FeatureCache
 from imgembed.train.loop import TrainConfig, resume_path, train
 
-from conftest import QUERIES, SAMPLES, run_cli, run_json
+from conftest import QUERIES, SAMPLES, copy_classes, run_cli, run_json
 
 FAST = dict(head="mlp", epochs=12, views=2, classes_per_batch=8, images_per_class=4, patience=0, workers=0)
 
@@ -100,9 +100,7 @@ def test_contrastive_and_open_set_split(tmp_path, cache):
 
 
 def test_small_classes_are_reported_and_left_out(tmp_path, cache):
-    data = tmp_path / "data"
-    for label in ("fish", "fruit"):
-        shutil.copytree(SAMPLES / label, data / label)
+    data = copy_classes(tmp_path / "data", "fish", "fruit")
     (data / "lonely").mkdir()
     shutil.copy(SAMPLES / "birds" / "rooster_01.png", data / "lonely" / "rooster.png")
     result = train(data, tmp_path / "m.pt", TrainConfig(**{**FAST, "epochs": 2}), cache_dir=cache)
@@ -122,9 +120,7 @@ def test_evaluate_agrees_with_an_independent_computation(trained, cache, sample_
 
 
 def test_finetune_mode_trains_the_last_stage(tmp_path, cache):
-    data = tmp_path / "data"
-    for label in ("fish", "clocks"):
-        shutil.copytree(SAMPLES / label, data / label)
+    data = copy_classes(tmp_path / "data", "fish", "clocks")
     out = tmp_path / "ft.pt"
     result = train(data, out, TrainConfig(**{**FAST, "epochs": 1, "finetune_blocks": 1, "classes_per_batch": 2}),
                    cache_dir=cache)

@@ -2,7 +2,6 @@
 
 import io
 import itertools
-import sqlite3
 
 from PIL import Image, ImageEnhance
 
@@ -10,7 +9,7 @@ from imgembed.api import LocalPool, find_duplicates, index_folder
 from imgembed.imaging.decode import hash_distance, perceptual_hash
 from imgembed.index.store import MetadataStore
 
-from conftest import SAMPLES, run_json
+from conftest import SAMPLES, downgrade, run_json
 
 # One drawing per family; none of these is a near-copy of another sample drawing.
 ORIGINALS = ["birds/rooster_01.png", "bugs/ladybug_01.png", "fish/dolphin.png", "fruit/banana.png",
@@ -82,7 +81,7 @@ def test_html_galleries_are_self_contained(tmp_path, sample_index):
     assert usage.returncode == 2 and "--open needs --html" in usage.stderr
 
 
-def test_evaluation_report(tmp_path, sample_index):
+def test_evaluation_report(tmp_path):
     from conftest import SAMPLES, run_cli
 
     page = tmp_path / "report.html"
@@ -115,9 +114,10 @@ def test_perceptual_hash_survives_scaling_and_recompression_but_tells_drawings_a
 
 
 def test_index_without_hashes_still_finds_duplicates_and_gains_them_on_next_write(tmp_path, model):
-    """Indexes written before perceptual hashes were stored have no phash column: they open,
-    find duplicates by the embedding alone, and the next `index` run that adds a file adds the
-    column (rows embedded before keep NULL until they change)."""
+    """Indexes written before perceptual hashes were stored (schema version 1) have no phash
+    column: they open, find duplicates by the embedding alone, and the next `index` run upgrades
+    them and stores the hash of the file it adds (rows embedded before keep NULL until they
+    change)."""
     folder = tmp_path / "photos"
     folder.mkdir()
     img = Image.open(SAMPLES / ORIGINALS[0]).convert("RGB")
@@ -126,10 +126,7 @@ def test_index_without_hashes_still_finds_duplicates_and_gains_them_on_next_writ
     for name in OTHERS[:4]:
         Image.open(SAMPLES / name).convert("RGB").save(folder / name.replace("/", "_"))
     index_folder(folder, tmp_path / "idx", model, executor=LocalPool(workers=0))
-    db = sqlite3.connect(tmp_path / "idx" / "metadata.sqlite")
-    db.execute("ALTER TABLE images DROP COLUMN phash")  # as an older imgembed wrote it
-    db.commit()
-    db.close()
+    downgrade(tmp_path / "idx" / "metadata.sqlite", 1)  # as an older imgembed wrote it
     with MetadataStore(tmp_path / "idx" / "metadata.sqlite") as store:
         assert not store.has_phash and all(r.phash is None for r in store.rows_under(str(folder.resolve())).values())
     groups = find_duplicates(tmp_path / "idx")

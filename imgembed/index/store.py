@@ -19,11 +19,18 @@ import numpy as np
 
 from ..errors import IndexCorruptError, IndexVersionError
 
-SCHEMA_VERSION = 1
+# The schema is versioned: version 1 is what the first release wrote, and each later change is
+# a step function below that takes a database of version k to k + 1. A writer steps an older
+# database up before its first write, one transaction a step (the change and the version it
+# records commit together); a reader never writes, so it reads older versions as they are.
+# Databases that earlier releases marked version 1 may already hold the phash column or the
+# tombstone table (both were once added lazily, in place, without moving the version): each
+# step makes its change only where it is missing.
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
+# Version 1, as the first release created it.
+_V1_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     root TEXT NOT NULL,
     path TEXT NOT NULL,          -- relative to root, '/'-separated
@@ -35,22 +42,20 @@ CREATE TABLE IF NOT EXISTS images (
     height INTEGER NOT NULL,
     vector BLOB NOT NULL,        -- float32, little-endian, L2-normalised
     indexed_at REAL NOT NULL,
-    phash INTEGER,               -- images.perceptual_hash; NULL in rows of older versions
     UNIQUE (root, path)
-);
-CREATE INDEX IF NOT EXISTS images_hash ON images (hash);
-CREATE TABLE IF NOT EXISTS skipped (
+)""",
+    "CREATE INDEX IF NOT EXISTS images_hash ON images (hash)",
+    """CREATE TABLE IF NOT EXISTS skipped (
     root TEXT NOT NULL,
     path TEXT NOT NULL,
     reason TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     PRIMARY KEY (root, path)
-);
-"""
+)""",
+)
 # Tombstones: rows of files that vanished keep their vectors for TOMBSTONE_DAYS, so a file that
-# comes back (same bytes, any path, any root) is restored without being embedded again. Created
-# by the first write that needs it, so indexes of older versions gain it in place.
+# comes back (same bytes, any path, any root) is restored without being embedded again.
 _TOMBSTONES = (
     """CREATE TABLE IF NOT EXISTS removed (
     hash TEXT NOT NULL,
@@ -65,6 +70,32 @@ _TOMBSTONES = (
 )""",
     "CREATE INDEX IF NOT EXISTS removed_hash ON removed (hash)",
 )
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))
+
+
+def _has_table(db: sqlite3.Connection, table: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
+
+
+def _migrate_to_2(db: sqlite3.Connection) -> None:
+    """Perceptual hashes: ``images.phash`` (images.perceptual_hash, a signed 64-bit integer);
+    NULL in the rows embedded before, until their file changes."""
+    if not _has_column(db, "images", "phash"):
+        db.execute("ALTER TABLE images ADD COLUMN phash INTEGER")
+
+
+def _migrate_to_3(db: sqlite3.Connection) -> None:
+    """Tombstones: the ``removed`` table and its index on the content hash."""
+    for statement in _TOMBSTONES:
+        db.execute(statement)
+
+
+# _STEPS[k - 1] takes a database of version k to version k + 1; append, never edit or reorder.
+_STEPS = (_migrate_to_2, _migrate_to_3)
+SCHEMA_VERSION = 1 + len(_STEPS)
 TOMBSTONE_DAYS = 30
 
 
@@ -179,9 +210,12 @@ class MetadataStore:
     """A thin, typed layer over the SQLite file. Use as a context manager or call ``close``.
 
     Threads may share one store: each call holds its lock (``iter_vectors``, a generator, is for
-    the single writer)."""
+    the single writer). ``version`` is the file's schema version; ``has_phash`` and
+    ``has_tombstones`` say whether it has those yet (a file of an older version read as it is)."""
 
     def __init__(self, path: Path, *, create: bool = False):
+        """Open the database at ``path`` (``create``: making it if missing, at the newest schema
+        version). An older version is read as it is; the first write steps it up (:meth:`upgrade`)."""
         self.path = Path(path)
         self._lock = threading.RLock()
         if not create and not self.path.is_file():
@@ -189,26 +223,94 @@ class MetadataStore:
         try:
             # Shareable between threads, which the lock keeps from using it at the same time.
             self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        except sqlite3.DatabaseError as e:
+            raise IndexCorruptError(f"{self.path}: cannot open the metadata database ({e})") from None
+        try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             if create:
-                with self.db:
-                    self.db.executescript(_SCHEMA)
-                    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            version = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                self._transaction(self._create_v1)
+            self.version = self._stored_version()
+            self._read_schema()
+            if create:
+                self.upgrade()
         except sqlite3.DatabaseError as e:
+            self.db.close()
             raise IndexCorruptError(f"{self.path}: damaged metadata database ({e})") from None
-        if version is None:
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _create_v1(self) -> None:
+        for statement in _V1_SCHEMA:
+            self.db.execute(statement)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')")
+
+    def _transaction(self, work):
+        """Run ``work()`` in one write transaction, taken at once (BEGIN IMMEDIATE: schema changes
+        are not left to the sqlite3 module's implicit transactions, which do not cover them)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work()
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
+        return result
+
+    def _stored_version(self) -> int:
+        """The schema version recorded in ``meta``, refusing one this code does not know."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
             raise IndexCorruptError(f"{self.path}: metadata database has no schema version")
-        if int(version[0]) > SCHEMA_VERSION:
-            raise IndexVersionError(f"{self.path}: schema version {version[0]} is newer than this imgembed "
+        try:
+            version = int(row[0])
+        except (TypeError, ValueError):
+            raise IndexCorruptError(f"{self.path}: metadata database has an unreadable schema version "
+                                    f"({row[0]!r})") from None
+        if version > SCHEMA_VERSION:
+            raise IndexVersionError(f"{self.path}: schema version {version} is newer than this imgembed "
                                     f"supports ({SCHEMA_VERSION}); upgrade imgembed")
-        # Indexes written before perceptual hashes lack the column until their next write
-        # adds it (a compatible change: older versions ignore it, readers never write).
-        self.has_phash = any(r[1] == "phash" for r in self.db.execute("PRAGMA table_info(images)"))
+        if version < 1:
+            raise IndexCorruptError(f"{self.path}: metadata database has an unknown schema version ({version})")
+        return version
+
+    def _read_schema(self) -> None:
+        """What the database holds, for the queries to adapt to: a reader of an older version
+        (or of a version-1 file an earlier release extended in place) finds out here."""
+        self.has_phash = _has_column(self.db, "images", "phash")
         self._row_cols = _ROW_COLS + (", phash" if self.has_phash else "")
-        self.has_tombstones = self.db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removed'").fetchone() is not None
+        self.has_tombstones = _has_table(self.db, "removed")
+
+    @_serialised
+    def upgrade(self, target: int = SCHEMA_VERSION) -> int:
+        """Step the database up to schema version ``target`` (the newest by default), one
+        transaction a step; return the version it is at. Writers call this before writing."""
+        if not 1 <= target <= SCHEMA_VERSION:
+            raise ValueError(f"no schema version {target} (this imgembed knows 1 to {SCHEMA_VERSION})")
+        try:
+            while self.version < target:
+                self.version = self._transaction(self._step)
+            self._read_schema()
+        except sqlite3.DatabaseError as e:
+            raise IndexCorruptError(f"{self.path}: cannot upgrade the metadata database from schema version "
+                                    f"{self.version} ({e})") from None
+        return self.version
+
+    def _writing(self) -> None:
+        """Every write is made to the newest schema: an older database is stepped up first."""
+        if self.version < SCHEMA_VERSION:
+            self.upgrade()
+
+    def _step(self) -> int:
+        """One step, inside a transaction: read again under the write lock (another writer may
+        have got there first)."""
+        version = self._stored_version()
+        if version == self.version:
+            _STEPS[version - 1](self.db)
+            version += 1
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        return version
 
     @_serialised
     def close(self) -> None:
@@ -358,8 +460,7 @@ class MetadataStore:
     @_serialised
     def drop_tombstones(self, *, expired_only: bool = False) -> int:
         """Forget all tombstones, or those older than TOMBSTONE_DAYS; return how many."""
-        if not self.has_tombstones:
-            return 0
+        self._writing()
         with self.db:
             if not expired_only:
                 return self.db.execute("DELETE FROM removed").rowcount
@@ -391,23 +492,14 @@ class MetadataStore:
         are removed too, but leave tombstones; ``restored`` tombstones (rowids) were brought
         back by rows in ``add``.
         """
+        self._writing()
         now = time.time()
         ids = []
         add, vanish = list(add), [(now, int(i)) for i in vanish]
         with self.db:
-            if add and not self.has_phash:
-                self.db.execute("ALTER TABLE images ADD COLUMN phash INTEGER")
-                self.has_phash, self._row_cols = True, _ROW_COLS + ", phash"
-            if vanish and not self.has_tombstones:
-                for statement in _TOMBSTONES:
-                    self.db.execute(statement)
-                self.has_tombstones = True
-            if vanish:
-                phash = "phash" if self.has_phash else "NULL"
-                self.db.executemany("INSERT INTO removed SELECT hash, bytes, width, height, "
-                                    f"{phash}, vector, root, path, ? FROM images WHERE id = ?", vanish)
-            if self.has_tombstones:
-                self.db.executemany("DELETE FROM removed WHERE rowid = ?", [(int(i),) for i in restored])
+            self.db.executemany("INSERT INTO removed SELECT hash, bytes, width, height, "
+                                "phash, vector, root, path, ? FROM images WHERE id = ?", vanish)
+            self.db.executemany("DELETE FROM removed WHERE rowid = ?", [(int(i),) for i in restored])
             self.db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for _, i in vanish])
             self.db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in remove])
             self.db.executemany("UPDATE images SET path = ?, label = ?, mtime_ns = ? WHERE id = ?",
@@ -451,11 +543,13 @@ class MetadataStore:
 
     @_serialised
     def forget(self, entries: Iterable[tuple[str, str]]) -> None:
+        self._writing()
         with self.db:
             self.db.executemany("DELETE FROM skipped WHERE root = ? AND path = ?", list(entries))
 
     @_serialised
     def forget_skipped(self, root: str, paths: Iterable[str]) -> None:
+        self._writing()
         with self.db:
             self.db.executemany("DELETE FROM skipped WHERE root = ? AND path = ?",
                                 [(to_db(root), to_db(p)) for p in paths])
