@@ -1,18 +1,23 @@
 """Choices and defaults that the command line shows and the layers below use, defined once.
 
 Plain Python: the CLI imports this module to build its options, so ``--help`` loads no torch,
-numpy or FAISS.
+numpy or FAISS. :class:`TrainConfig`'s fields carry what ``imgembed train`` shows for them
+(:func:`setting`), and the command's options are generated from them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .errors import InputError, ModelError
 
 DEFAULT_MODEL = "efficientnet_lite0"  # the backbone of new indexes and of `train`
+DEFAULT_WEIGHTS = "imagenet"  # backbone weights: imagenet, none or a state-dict file
+DEFAULT_INDEX = "indexes/default"  # the index directory without --index or $IMGEMBED_INDEX
 PRECISIONS = ("auto", "fp32", "bf16")  # torch inference precision (see imgembed.model.precision)
-RUNTIMES = ("auto", "onnx", "openvino", "torch")  # inference engine (see imgembed.inference.runtime)
+RUNTIMES = ("auto", "onnx", "openvino", "torch")  # where a model runs (see imgembed.inference.runtime)
+EXECUTORS = ("local", "ray")  # where an index run decodes and embeds (`index --engine`; imgembed.inference)
 MINERS = ("batch-hard", "semi-hard", "all")  # see imgembed.train.losses
 HEADS = ("blend", "mlp", "linear")
 LOSSES = ("triplet", "contrastive")
@@ -21,6 +26,17 @@ DUPLICATE_ACTIONS = ("move", "link", "trash")  # see imgembed.collection.tidy
 KEEP_RULES = ("resolution", "size", "oldest", "newest")  # which copy of a duplicate group stays
 DEFAULT_KEEP = ("resolution", "size", "oldest")
 NEGATIVE_WEIGHT = 0.25  # counter-examples' pull in a combined query (imgembed.collection.knn.combine)
+SEARCH_K = 10  # results per query
+CLASSIFY_K = 5  # neighbours that vote on a label (classify, and evaluate's k-NN accuracy)
+DUPLICATE_K = 10  # neighbours examined per image for near-duplicates (imgembed.collection.dedup)
+# near-duplicate score -> default threshold, each chosen from the curves of bench/duplicates.py
+DUPLICATE_THRESHOLDS = {"relative": 0.5, "cosine": 0.85}
+INDEX_BATCH_SIZE = 32  # images per forward pass of an index run
+COMMIT_EVERY = 256  # images per committed chunk of an index run
+DEFAULT_MAX_PIXELS = 150_000_000  # larger images are rejected as likely decompression bombs
+DEFAULT_DECODE_TIMEOUT = 30.0  # seconds one file may take to decode before it is skipped
+DEFAULT_TARGET_RECALL = 0.95  # Recall@10 a new approximate index is tuned to (imgembed.index.recall)
+MAX_UPLOAD_MB = 25  # the largest upload `imgembed serve` takes
 
 
 def parse_pooling(spec: str) -> float | None:
@@ -37,33 +53,53 @@ def parse_pooling(spec: str) -> float | None:
     return value
 
 
+def setting(default: Any, help: str | None = None, *, choices: tuple[str, ...] | None = None,
+            bounds: tuple[float | None, float | None] | None = None, min_open: bool = False,
+            max_open: bool = False, metavar: str | None = None, cli: bool = True) -> Any:
+    """A :class:`TrainConfig` field and what ``imgembed train`` shows for it: its ``--help``
+    text, the choices or the ``(low, high)`` bounds it takes (``None`` for no bound; open ends
+    with ``min_open``/``max_open``), a metavar; ``cli=False`` keeps it off the command line. The
+    option's flag is the field's name with dashes; its type is the field's."""
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds, "min_open": min_open,
+                                            "max_open": max_open, "metavar": metavar, "cli": cli})
+
+
 @dataclass
 class TrainConfig:
-    model: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    dim: int = 128
-    head: str = "blend"
-    hidden: int = 1024
-    loss: str = "triplet"
-    margin: float = 0.2
-    miner: str = "batch-hard"
-    pos_margin: float = 0.0
-    neg_margin: float = 1.0
-    classes_per_batch: int = 16
-    images_per_class: int = 4
-    epochs: int = 50
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    views: int = 3
-    finetune_blocks: int = 0
-    val_split: float = 0.2
-    split: str = "images"
-    patience: int = 10
-    seed: int = 0
-    batch_size: int = 64  # images per backbone forward pass when caching features
-    workers: int | None = None
-    precision: str = "auto"
-    unlabelled: bool = False  # fit on augmented views of unlabelled images (see blend.fit_unlabelled)
+    model: str = setting(DEFAULT_MODEL, "Backbone to train on.")
+    weights: str = setting(DEFAULT_WEIGHTS, metavar="imagenet|none|PATH")
+    dim: int = setting(128, "Embedding dimension of the mlp and linear heads (blend keeps the backbone's, twice).",
+                       bounds=(2, 4096))
+    head: str = setting("blend", "blend: the untrained embedding plus a WCCN-initialised projection, weighed on "
+                        "validation (docs/quality.md); mlp: Linear-BN-ReLU-Linear; linear: one Linear layer.",
+                        choices=HEADS)
+    hidden: int = setting(1024, "Hidden width of the mlp head.", bounds=(2, 8192))
+    loss: str = setting("triplet", choices=LOSSES)
+    margin: float = setting(0.2, "Triplet margin (distance units).", bounds=(0, 2))
+    miner: str = setting("batch-hard", choices=MINERS)
+    pos_margin: float = setting(0.0, "Contrastive: positives closer than this cost nothing.", bounds=(0, 2))
+    neg_margin: float = setting(1.0, "Contrastive: negatives farther than this cost nothing.", bounds=(0, 2))
+    classes_per_batch: int = setting(16, bounds=(2, None))
+    images_per_class: int = setting(4, bounds=(2, None))
+    epochs: int = setting(50, bounds=(1, None))
+    lr: float = setting(1e-3, bounds=(0, None), min_open=True)
+    weight_decay: float = setting(1e-4, cli=False)
+    views: int = setting(3, "Frozen mode: cached views per image (1 plain + augmented ones).", bounds=(1, 64))
+    finetune_blocks: int = setting(0, "Also train the last N backbone stages on augmented images (slow on a CPU).",
+                                   bounds=(0, None))
+    val_split: float = setting(0.2, bounds=(0, 1), max_open=True)
+    split: str = setting("images", "Hold out a share of each class's images, or whole classes (open set).",
+                         choices=SPLITS)
+    patience: int = setting(10, "Stop after this many epochs without a better validation mAP@R (0: never).",
+                            bounds=(0, None))
+    seed: int = setting(0)
+    # fit on augmented views of unlabelled images (see blend.fit_unlabelled)
+    unlabelled: bool = setting(False, "Self-supervised: fit the head on augmented views of every image under "
+                               "DATA_DIR, labels ignored.")
+    # how the backbone's features are computed:
+    batch_size: int = setting(64, "Images per backbone pass when computing features.", bounds=(1, 4096))
+    workers: int | None = setting(None, "Decoding processes.", bounds=(0, 64))
+    precision: str = setting("auto", choices=PRECISIONS)
 
     def check(self) -> None:
         if self.unlabelled and (self.views < 2 or self.head != "blend" or self.finetune_blocks):

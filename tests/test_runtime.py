@@ -41,9 +41,9 @@ def test_numpy_preprocessing_is_torchvisions_bit_for_bit(sample_files):
                 np.testing.assert_array_equal(pre.to_array(image), transform(image).numpy(), err_msg=f"{fit} {image.size}")
 
 
-@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+@pytest.mark.parametrize("runtime_name", ["onnx", "openvino"])
 @pytest.mark.parametrize("kind", ["default", "legacy crop + avg", "trained blend head"])
-def test_exported_vectors_match_torch(kind, engine, sample_files, tmp_path):
+def test_exported_vectors_match_torch(kind, runtime_name, sample_files, tmp_path):
     """cosine >= 0.999 to the torch fp32 path and >= 95% of top-10 lists shared, on the sample
     drawings and on real photos, for today's default, an old index's model and a trained head,
     under ONNX Runtime and under OpenVINO."""
@@ -74,8 +74,8 @@ def test_exported_vectors_match_torch(kind, engine, sample_files, tmp_path):
         name, like = str(tmp_path / "blend.pt"), None
         save_checkpoint(headed, name, weights="imagenet")
     reference = load_torch(name, precision="fp32", like=like)
-    onnx = runtime.export(reference, None, engine)
-    assert onnx is not None and onnx.identity == reference.identity and onnx.runtime == engine
+    onnx = runtime.export(reference, None, runtime_name)
+    assert onnx is not None and onnx.identity == reference.identity and onnx.runtime == runtime_name
     items = list(sample_files) + _photos()
     a, b = embed(reference, items), embed(onnx, items)
     assert np.sum(a * b, axis=1).min() >= 0.999
@@ -146,7 +146,7 @@ def test_a_damaged_or_unwritable_cache_never_breaks_a_query(tmp_path, monkeypatc
 def test_runtime_choice(monkeypatch):
     assert runtime.choose("torch") == "torch"
     assert runtime.choose("auto", "bf16") == "torch"  # bf16 asked for: the exports run fp32
-    assert runtime.choose("auto") == "onnx"  # queries: the engine that imports fastest
+    assert runtime.choose("auto") == "onnx"  # queries: the runtime that imports fastest
     assert [runtime.for_indexing(r) for r in ("auto", "onnx", "torch")] == ["openvino", "onnx", "torch"]
     assert runtime.for_indexing("auto", "bf16") == "auto"
     monkeypatch.setattr(runtime, "openvino_available", lambda: False)
@@ -159,7 +159,7 @@ def test_runtime_choice(monkeypatch):
         runtime.choose("onnx")
 
 
-def test_an_engine_that_does_not_reproduce_the_torch_vectors_is_not_used(tmp_path, monkeypatch, sample_files):
+def test_a_runtime_that_does_not_reproduce_the_torch_vectors_is_not_used(tmp_path, monkeypatch, sample_files):
     """OpenVINO is trusted only once it gives the vectors torch recorded at export: on a CPU or a
     version where it does not, indexing runs under ONNX Runtime, whose vectors are checked too."""
     monkeypatch.setenv("IMGEMBED_MODEL_CACHE", str(tmp_path / "cache"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..collection import tidy
+from ..config import DUPLICATE_K
 from ..errors import InputError
 from ..index import ImageIndex, planner
 from ..index.store import NewImage
@@ -30,7 +31,7 @@ class DuplicateGroup:
             {"path": r.full_path, "label": r.label, "score": round(s, 6)} for r, s in zip(self.rows, self.scores)]}
 
 
-def find_duplicates(index_dir: str | Path, threshold: float | None = None, k: int = 10, *,
+def find_duplicates(index_dir: str | Path, threshold: float | None = None, k: int = DUPLICATE_K, *,
                     score: str = "relative", progress: Progress | None = None) -> list[DuplicateGroup]:
     """Groups of indexed images that are near-duplicates of each other.
 

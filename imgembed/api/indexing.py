@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ..config import COMMIT_EVERY, INDEX_BATCH_SIZE
 from ..errors import InputError
 from ..imaging.decode import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
 from ..index import MANIFEST, ImageIndex, planner
@@ -56,12 +57,12 @@ class IndexReport:
 class IndexOptions:
     """How an ``index`` run reads, commits and publishes (see :func:`index_folder`)."""
 
-    batch_size: int = 32
+    batch_size: int = INDEX_BATCH_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_timeout: float = DEFAULT_DECODE_TIMEOUT  # seconds before a decode is abandoned
     prune: bool = True  # remove rows of files that disappeared
     allow_removal: bool = False  # even all or most of a folder's rows (planner.check_removals)
-    commit_every: int = 256  # images per SQLite commit
+    commit_every: int = COMMIT_EVERY  # images per SQLite commit
     publish_every_s: float = 60.0  # re-publish the FAISS file for concurrent readers
     index_type: str | None = None  # None keeps the index's own (auto for a new index)
     target_recall: float | None = None  # None keeps the index's own (0.95 for a new index)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image
 
-from ..config import DEFAULT_MODEL
+from ..config import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import ImageLoadError, InputError, ModelMismatchError
 from ..imaging.decode import DEFAULT_MAX_PIXELS, load_for_model, to_rgb
 from ..index import MANIFEST, read_manifest
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 Query = str | Path | Image.Image
 
 
-def load_model(name_or_checkpoint: str = DEFAULT_MODEL, weights: str = "imagenet",
+def load_model(name_or_checkpoint: str = DEFAULT_MODEL, weights: str = DEFAULT_WEIGHTS,
                precision: str = "auto", *, index: str | Path | None = None,
                runtime: str = "auto", like: dict | None = None) -> "Embedder":
     """A registry backbone (default: offline EfficientNet-Lite0) or a ``.pt`` checkpoint, ready
@@ -63,9 +63,9 @@ def _own_model(index_dir: str | Path, manifest: dict, precision: str, runtime: s
     loaded the way its manifest says."""
     from ..inference import runtime as rt
 
-    engine = rt.choose(runtime, precision)
-    if engine != "torch":
-        found = rt.cached(manifest["model"], engine)
+    choice = rt.choose(runtime, precision)
+    if choice != "torch":
+        found = rt.cached(manifest["model"], choice)
         if found is not None:
             return found
     own = manifest.get("model_source") or {}

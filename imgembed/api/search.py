@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..collection import knn
+from ..config import CLASSIFY_K, SEARCH_K
 from ..errors import InputError, ModelMismatchError, NoLabelsError
 from ..imaging.decode import DEFAULT_MAX_PIXELS
 from ..index import Hit, ImageIndex, describe_mismatch, read_manifest
@@ -100,7 +101,7 @@ class Searcher:
     def embed(self, queries: Sequence[Query]) -> np.ndarray:
         return embed(self.model, queries, max_pixels=self.max_pixels)
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+    def search_vectors(self, vectors: np.ndarray, k: int = SEARCH_K) -> list[list[Hit]]:
         """Each query vector's ``k`` best hits over every index, best first (``Hit.source`` says
         which index holds each). An image indexed in two of them (the same absolute path) is
         listed once."""
@@ -118,11 +119,11 @@ class Searcher:
             merged.append(best)
         return merged
 
-    def search(self, queries: Sequence[Query], k: int = 10) -> list[QueryResult]:
+    def search(self, queries: Sequence[Query], k: int = SEARCH_K) -> list[QueryResult]:
         hits = self.search_vectors(self.embed(queries), k)
         return [QueryResult(_name(q), h) for q, h in zip(queries, hits)]
 
-    def search_combined(self, positives: Sequence[Query], negatives: Sequence[Query] = (), k: int = 10, *,
+    def search_combined(self, positives: Sequence[Query], negatives: Sequence[Query] = (), k: int = SEARCH_K, *,
                         weight: float = knn.NEGATIVE_WEIGHT, vectors: np.ndarray | None = None,
                         negative_vectors: np.ndarray | None = None,
                         exclude: Sequence[tuple[int, int]] = ()) -> list[Hit]:
@@ -157,7 +158,7 @@ class Searcher:
         self.close()
         self.indexes = fresh
 
-    def classify(self, queries: Sequence[Query], k: int = 5) -> list[Classification]:
+    def classify(self, queries: Sequence[Query], k: int = CLASSIFY_K) -> list[Classification]:
         if all(label is None for idx in self.indexes for label in idx.store.labels()):
             raise NoLabelsError(f"{self.index.directory}: the index has no labels (all images sit at "
                                 "the folder root); put images in one sub-folder per class and re-index")

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import DUPLICATE_K, DUPLICATE_THRESHOLDS
 from ..imaging.decode import hash_distance
 
-DEFAULT_K = 10
-# score -> default threshold, each chosen from the curves of bench/duplicates.py (docs/quality.md)
-SCORES = {"relative": 0.5, "cosine": 0.85}
+DEFAULT_K = DUPLICATE_K
+SCORES = DUPLICATE_THRESHOLDS  # score -> default threshold (docs/quality.md)
 CURVE = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CANDIDATE_FLOOR = 0.5  # pairs below this cosine are not even scored
 MIN_COSINE = 0.85  # the relative score's floor on the raw cosine (see the module docstring)

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..config import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS  # the decoding defaults, defined there
 from ..errors import ImageLoadError
 from . import formats
 from .files import content_hash
 
-DEFAULT_MAX_PIXELS = 150_000_000
-DEFAULT_DECODE_TIMEOUT = 30.0  # seconds one file may take to decode before it is skipped
 _WHITE = (255, 255, 255)
 
 

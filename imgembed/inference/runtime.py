@@ -149,7 +149,7 @@ class OnnxModel:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def matches(self, reference: np.ndarray, check: np.ndarray) -> bool:
-        """Whether this engine reproduces ``reference``, the torch model's vectors of ``check``."""
+        """Whether this runtime reproduces ``reference``, the torch model's vectors of ``check``."""
         return float((self.embed_array(check) * reference).sum(axis=1).min()) >= PARITY_MIN_COSINE
 
 
@@ -236,21 +236,21 @@ def _machine_tag(ort_version: str) -> str:
     return hashlib.sha256(f"{ort_version} {platform.machine()} {flags}".encode()).hexdigest()[:12]
 
 
-ENGINES = {"onnx": OnnxModel, "openvino": OpenVinoModel}
+RUNTIME_CLASSES = {"onnx": OnnxModel, "openvino": OpenVinoModel}  # the runtimes that run an export
 
 
-def _engine(engine: str, path: Path, meta: dict) -> OnnxModel | None:
-    """The export at ``path`` under ``engine``, or None where that engine cannot run it here
+def _open_under(runtime: str, path: Path, meta: dict) -> OnnxModel | None:
+    """The export at ``path`` under ``runtime``, or None where that runtime cannot run it here
     (then ONNX Runtime does)."""
     try:
-        return ENGINES[engine](path, meta)
-    except Exception:  # noqa: BLE001 - a broken install, an op or a CPU the engine lacks
+        return RUNTIME_CLASSES[runtime](path, meta)
+    except Exception:  # noqa: BLE001 - a broken install, an op or a CPU the runtime lacks
         return None
 
 
-def cached(identity: dict, engine: str = "onnx") -> OnnxModel | None:
-    """The cached export of the model with this identity under ``engine``, or None when there
-    is none (or it does not load). An engine other than ONNX Runtime must first reproduce the
+def cached(identity: dict, runtime: str = "onnx") -> OnnxModel | None:
+    """The cached export of the model with this identity under ``runtime``, or None when there
+    is none (or it does not load). A runtime other than ONNX Runtime must first reproduce the
     torch vectors recorded at export; where it does not, the export runs under ONNX Runtime."""
     key = identity_key(identity)
     path = cache_dir() / f"{key}.onnx"
@@ -258,10 +258,10 @@ def cached(identity: dict, engine: str = "onnx") -> OnnxModel | None:
         meta = json.loads((cache_dir() / f"{key}.json").read_text())
         if meta.get("identity") != identity or not path.is_file():
             return None
-        if engine != "onnx":
+        if runtime != "onnx":
             if "check" not in meta:  # exported before the check was recorded: export() adds it
                 return None
-            other = _engine(engine, path, meta)
+            other = _open_under(runtime, path, meta)
             if other is not None and other.matches(np.asarray(meta["check"], np.float32),
                                                    _check_batch(other.preprocess)):
                 return other
@@ -270,20 +270,20 @@ def cached(identity: dict, engine: str = "onnx") -> OnnxModel | None:
         return None
 
 
-def cached_source(source: str, engine: str = "onnx") -> OnnxModel | None:
+def cached_source(source: str, runtime: str = "onnx") -> OnnxModel | None:
     """The cached export of what a :func:`source_key` named, or None."""
     try:
         identity = json.loads((cache_dir() / "sources" / f"{source}.json").read_text())
     except (OSError, ValueError):
         return None
-    return cached(identity, engine)
+    return cached(identity, runtime)
 
 
-def export(model: "EmbeddingModel", source: str | None = None, engine: str = "onnx") -> OnnxModel | None:
-    """The cached export of ``model`` under ``engine``, made now if there is none, and recorded
+def export(model: "EmbeddingModel", source: str | None = None, runtime: str = "onnx") -> OnnxModel | None:
+    """The cached export of ``model`` under ``runtime``, made now if there is none, and recorded
     under the :func:`source_key` ``source``; None when it cannot be written or does not
     reproduce the torch model's vectors on a check batch (then the caller keeps the torch
-    model). An engine other than ONNX Runtime that does not reproduce them leaves the export
+    model). A runtime other than ONNX Runtime that does not reproduce them leaves the export
     under ONNX Runtime. Tracing runs outside autocast, so the graph is fp32 whatever precision
     the torch model runs at."""
     directory, key = cache_dir(), identity_key(model.identity)
@@ -300,12 +300,12 @@ def export(model: "EmbeddingModel", source: str | None = None, engine: str = "on
             onnx = OnnxModel(directory / f"{key}.onnx", meta)
         if not onnx.matches(reference, sample):
             return None
-        if "check" not in onnx.meta:  # the torch vectors other engines must reproduce
+        if "check" not in onnx.meta:  # the torch vectors other runtimes must reproduce
             onnx.meta["check"] = reference.tolist()
             _write_meta(onnx.meta)
         _record_source(source, model.identity)
-        if engine != "onnx":
-            other = _engine(engine, onnx.path, onnx.meta)
+        if runtime != "onnx":
+            other = _open_under(runtime, onnx.path, onnx.meta)
             if other is not None and other.matches(reference, sample):
                 return other
     except Exception:  # no cache folder, a full disk, no onnx package, an op the exporter lacks:
@@ -345,18 +345,18 @@ def _record_source(source: str | None, identity: dict) -> None:
 # -- models without torch ----------------------------------------------------------------------
 
 def without_torch(name_or_checkpoint: str, weights: str, like: dict | None, source: str,
-                  engine: str = "onnx") -> OnnxModel | None:
+                  runtime: str = "onnx") -> OnnxModel | None:
     """The model ``load_model(name_or_checkpoint, weights, like=like)`` would load, as an ONNX
     model made without torch, or None where that takes torch: the default backbone by name is
     built from its packaged weights (:mod:`imgembed.model.lite_onnx`); a checkpoint brings the export
     that ``train`` wrote beside it (:func:`write_beside`)."""
     path = Path(name_or_checkpoint)
     if name_or_checkpoint.endswith(".pt") or path.is_file():
-        return _from_beside(path, source, engine)
-    return _built(name_or_checkpoint, weights, like, source, engine)
+        return _from_beside(path, source, runtime)
+    return _built(name_or_checkpoint, weights, like, source, runtime)
 
 
-def _built(name: str, weights: str, like: dict | None, source: str, engine: str) -> OnnxModel | None:
+def _built(name: str, weights: str, like: dict | None, source: str, runtime: str) -> OnnxModel | None:
     from ..model import lite_arch, lite_onnx
     from ..model.backbones import model_identity, preprocess_and_pooling
 
@@ -378,12 +378,12 @@ def _built(name: str, weights: str, like: dict | None, source: str, engine: str)
                 return None  # the torch model does the work, as when an export cannot be cached
             return OnnxModel(None, meta, graph.SerializeToString())  # built again by the next process
     _record_source(source, identity)
-    return cached(identity, engine)
+    return cached(identity, runtime)
 
 
 def _store(write, path: Path, meta: dict) -> None:
     """Write an export with ``write(tmp_path)`` and its metadata into the cache; the check
-    vectors other engines must reproduce are ONNX Runtime's own where no torch model made them."""
+    vectors other runtimes must reproduce are ONNX Runtime's own where no torch model made them."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, durable=False) as tmp:
@@ -432,7 +432,7 @@ def write_beside(model: "EmbeddingModel", checkpoint: str | Path) -> Path:
     return dest
 
 
-def _from_beside(checkpoint: Path, source: str, engine: str) -> OnnxModel | None:
+def _from_beside(checkpoint: Path, source: str, runtime: str) -> OnnxModel | None:
     """The export beside ``checkpoint``, copied into the cache; None when there is none, or it
     was written for another version of the checkpoint (a re-trained file at the same path)."""
     import onnx
@@ -454,7 +454,7 @@ def _from_beside(checkpoint: Path, source: str, engine: str) -> OnnxModel | None
         meta = {**meta, "source": {"model": str(checkpoint.resolve()), "weights": meta.get("weights", "imagenet")}}
         _store(lambda tmp: shutil.copyfile(side, tmp), cache_dir() / f"{identity_key(identity)}.onnx", meta)
     _record_source(source, identity)
-    return cached(identity, engine)
+    return cached(identity, runtime)
 
 
 def _check_batch(preprocess: Preprocess) -> np.ndarray:

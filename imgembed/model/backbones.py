@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import DEFAULT_MODEL
 from ..errors import ModelError, TorchUnavailableError, WeightsUnavailableError
 from ..imaging.preprocess import Preprocess
 from . import lite_arch
@@ -29,7 +30,7 @@ from . import lite_arch
 if TYPE_CHECKING:
     from torch import nn
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = DEFAULT_MODEL  # defined in imgembed.config, with every default the CLI shows
 
 
 @dataclass(frozen=True)
