@@ -30,7 +30,7 @@ precision_option = click.option(
     help="Torch inference precision; auto = bf16 where the CPU/GPU runs it natively (ONNX Runtime runs fp32).")
 runtime_option = click.option(
     "--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
-    help="Inference engine; auto = ONNX Runtime where installed (model exported once and cached), else torch; "
+    help="Where the model runs; auto = ONNX Runtime where installed (model exported once and cached), else torch; "
          "`index` takes OpenVINO where installed.")
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import CLASSIFY_K
 from .knn import vote
 
 
 def retrieval_metrics(queries: np.ndarray, query_labels, gallery: np.ndarray | None = None,
-                      gallery_labels=None, *, ks=(1, 5, 10), knn_k: int = 5, chunk: int = 256,
+                      gallery_labels=None, *, ks=(1, 5, 10), knn_k: int = CLASSIFY_K, chunk: int = 256,
                       details: list | None = None) -> dict:
     """Metrics of ``queries`` (q, d) against ``gallery`` (g, d); without a gallery, leave-one-out
     within ``queries``. Labels are any hashable values. Pass a list as ``details`` to receive,

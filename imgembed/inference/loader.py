@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import DEFAULT_MODEL
+from ..config import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import TorchUnavailableError
 from . import runtime as rt
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from . import Embedder
 
 
-def load(name_or_checkpoint: str = DEFAULT_MODEL, weights: str = "imagenet", precision: str = "auto",
+def load(name_or_checkpoint: str = DEFAULT_MODEL, weights: str = DEFAULT_WEIGHTS, precision: str = "auto",
          runtime: str = "auto", like: dict | None = None) -> "Embedder":
     """A registry backbone or a ``.pt`` checkpoint, ready to embed under ``runtime``
     (:func:`imgembed.inference.runtime.choose`); ``like`` is a model identity whose

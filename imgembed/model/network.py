@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import __version__
-from ..config import parse_pooling
+from ..config import DEFAULT_WEIGHTS, parse_pooling
 from ..errors import ModelError
 from ..imaging.files import atomic_path
 from ..imaging.preprocess import Preprocess
@@ -182,7 +182,7 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias.detach(), requires_grad=False)
 
 
-def load_model(name_or_checkpoint: str = DEFAULT_BACKBONE, weights: str = "imagenet",
+def load_model(name_or_checkpoint: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS,
                precision: str = "fp32", *, inference: bool = True, like: dict | None = None) -> EmbeddingModel:
     """A backbone name from the registry, or a path to a ``.pt`` checkpoint from ``imgembed train``.
 

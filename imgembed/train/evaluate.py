@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ..collection.metrics import retrieval_metrics
+from ..config import CLASSIFY_K
 from .data import scan_labelled
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def baseline_of(model: "EmbeddingModel | OnnxModel") -> "EmbeddingModel | OnnxMo
 
 def evaluate(model: "EmbeddingModel | OnnxModel", *, cache_dir: str | Path, data_dir: str | Path | None = None,
              query_dir: str | Path | None = None, gallery_dir: str | Path | None = None, baseline: bool = False,
-             knn_k: int = 5, workers: int | None = None, progress=None) -> tuple[list[EvalRow], list[tuple[str, str]]]:
+             knn_k: int = CLASSIFY_K, workers: int | None = None, progress=None) -> tuple[list[EvalRow], list[tuple[str, str]]]:
     """Metrics of ``model`` (and of its untrained backbone first, with ``baseline``)."""
     models = ([(f"{model.backbone_name} (untrained)", baseline_of(model))] if baseline else []) + \
         [(model.source.get("model", model.backbone_name), model)]

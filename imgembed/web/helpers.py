@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..api import Classification, DuplicateGroup
 from ..collection import knn, tidy
+from ..config import CLASSIFY_K
 from ..errors import ImageLoadError, ImgembedError, InputError
 from ..imaging import formats
 from ..imaging.decode import decode_image
@@ -25,7 +26,7 @@ from ..index.store import ImageRow, MetadataStore
 
 PAGE_LIMIT = 200  # images per /api/images page at most
 VOTE_KEYS = ("label", "confidence", "votes")  # of Classification.to_dict, what the web answers carry
-VOTERS = 5  # the nearest neighbours whose labels vote for an image's or a query's label
+VOTERS = CLASSIFY_K  # the nearest neighbours whose labels vote for an image's or a query's label
 
 
 class ImageNotFoundError(ImgembedError):

@@ -12,7 +12,7 @@ from flask import jsonify, request, send_file
 
 from ..api import act_on_duplicates, exact_duplicates, find_duplicates, undo_duplicate_actions
 from ..collection import knn
-from ..config import NEGATIVE_WEIGHT
+from ..config import CLASSIFY_K, NEGATIVE_WEIGHT
 from ..errors import ImageLoadError, IndexLockedError, InputError, NoLabelsError
 from . import helpers as h
 from .state import REFRESH, ServerState
@@ -134,7 +134,7 @@ def classify(state: ServerState):
     files = request.files.getlist("image")
     if not files:
         raise ImageLoadError("no file in the 'image' field")
-    image_, k = h.decode_upload(files[0], state.searcher.max_pixels), h.int_arg(request.form, "k", 5, 1, 100)
+    image_, k = h.decode_upload(files[0], state.searcher.max_pixels), h.int_arg(request.form, "k", CLASSIFY_K, 1, 100)
     vector = state.searcher.embed([image_])
     try:
         if not state.labelled:

@@ -9,9 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..api import Searcher
+from ..config import MAX_UPLOAD_MB
 from .thumbnails import Thumbnails
 
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 REFRESH = "imgembed.refresh"  # set in a request's WSGI environ: refresh the indexes once it is answered
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
