@@ -13,10 +13,15 @@ augmentations. Compared with the same splits as ``bench/quality.py`` (seed 0):
 - ``wccn (taps)``: WCCN on the frozen last map and mid-level taps, the closed form the default
   trained head starts from.
 
-    .venv/bin/python bench/finetune_tail.py --sets clipart digits --shots 30
+    .venv/bin/python bench/archive/finetune_tail.py --sets clipart digits --shots 30
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: common, quality, quality_data
 
 import argparse
 import copy

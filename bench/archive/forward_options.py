@@ -1,6 +1,6 @@
 """What else speeds up the forward pass? Each option side by side with imgembed's current path.
 
-    .venv/bin/python bench/forward_options.py
+    .venv/bin/python bench/archive/forward_options.py
 
 Forward throughput (images/s) on a pre-made batch at 224 px, for: the current path (folded
 BatchNorm, channels_last, bf16 where native), batch sizes 16/32/64/128, torch.compile
@@ -10,6 +10,11 @@ reported as such.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: common, quality, quality_data
 
 import time
 

@@ -1,7 +1,7 @@
 """Which padding and input normalisation make the converted EfficientNet-Lite0 weights predict
 what the TensorFlow original does?
 
-    .venv/bin/python bench/lite0_padding.py
+    .venv/bin/python bench/archive/lite0_padding.py
 
 The weights were converted from TensorFlow, which pads stride-2 convolutions asymmetrically
 ("SAME"), and whose Lite preprocessing is ``(pixel - 127) / 128``. This script runs the four
@@ -10,6 +10,11 @@ scikit-image photos with an unambiguous ImageNet class and prints the probabilit
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: common, quality, quality_data
 
 import torch
 from PIL import Image

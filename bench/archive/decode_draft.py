@@ -1,6 +1,6 @@
 """Decode cost of a 12-megapixel JPEG: full-size decode vs imgembed's reduced-size (draft) decode.
 
-    .venv/bin/python bench/decode_draft.py
+    .venv/bin/python bench/archive/decode_draft.py
 
 Builds a 4000x3000 JPEG from scikit-image's coffee photo (upscaled; the pixels are natural-photo
 texture, so the entropy-decoding cost is realistic) and times, in the same process:
@@ -11,6 +11,11 @@ embeddings so that the speed-up is seen not to change results.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: common, quality, quality_data
 
 import statistics
 import tempfile

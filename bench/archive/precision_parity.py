@@ -1,6 +1,6 @@
 """bf16 vs fp32 on the sample images: embedding parity and forward throughput, in one process.
 
-    .venv/bin/python bench/precision_parity.py
+    .venv/bin/python bench/archive/precision_parity.py
 
 Prints the minimum and mean cosine between each image's bf16 and fp32 embeddings, the share of
 top-10 neighbour lists that agree, and images per second of the model's forward pass on a
@@ -9,6 +9,11 @@ pre-made batch of 64 (no decoding) for: the unfolded fp32 model in the default m
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: common, quality, quality_data
 
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from imgembed.model.network import embed_tensor, load_model
 
 from common import images_per_second
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_images"
 
 
 def main() -> None:

@@ -15,11 +15,16 @@ backbone.
   fitted on the gallery (view 0 alone, or views 0 to ``--views`` - 1: the plain image and
   `train`'s augmented views), the best of both and of C in {0.1, 1, 10} on the queries.
 
-    .venv/bin/python bench/linear_ceiling.py                # every set, S = 5, 10, 30
-    .venv/bin/python bench/linear_ceiling.py --sets digits --shots 30
+    .venv/bin/python bench/archive/linear_ceiling.py                # every set, S = 5, 10, 30
+    .venv/bin/python bench/archive/linear_ceiling.py --sets digits --shots 30
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: common, quality, quality_data
 
 import argparse
 import warnings
