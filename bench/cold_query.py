@@ -29,12 +29,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from common import run_measured  # noqa: E402
+from common import commit_rows, noisy_copies, run_measured  # noqa: E402
 
 
 def build(directory: Path, n: int) -> None:
     from imgembed.api import embed, load_model
-    from imgembed.index import ImageIndex
     from imgembed.index.store import NewImage
 
     phone_photo(HERE / "data" / "phone-4032x3024.jpg")
@@ -50,16 +49,12 @@ def build(directory: Path, n: int) -> None:
     model = load_model(runtime="torch", precision="fp32")
     photos = sorted((REPO / "sample_images").rglob("*.png"))
     real = embed(model, photos)
-    rng = np.random.default_rng(0)
-    picks = rng.integers(0, len(real), n - len(real))
-    noisy = real[picks] + rng.normal(0, 0.6 / np.sqrt(model.dim), (len(picks), model.dim)).astype(np.float32)
-    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-    with ImageIndex.open_for_write(directory, model.identity, model.source, "auto") as idx:
-        idx.commit(add=[NewImage(str(p.parent.parent), f"{p.parent.name}/{p.name}", p.parent.name, 0, 0, "", 1, 1, v)
-                        for p, v in zip(photos, real)])
-        idx.commit(add=[NewImage("/synthetic", f"{photos[j].parent.name}/{i:06d}.jpg", photos[j].parent.name,
-                                 0, 0, "", 1, 1, v) for i, (j, v) in enumerate(zip(picks, noisy))])
-        idx.save()
+    picks, noisy = noisy_copies(real, n - len(real), np.random.default_rng(0))
+    rows = [NewImage(str(p.parent.parent), f"{p.parent.name}/{p.name}", p.parent.name, 0, 0, "", 1, 1, v)
+            for p, v in zip(photos, real)]
+    rows += [NewImage("/synthetic", f"{photos[j].parent.name}/{i:06d}.jpg", photos[j].parent.name, 0, 0, "", 1, 1, v)
+             for i, (j, v) in enumerate(zip(picks, noisy))]
+    commit_rows(directory, model.identity, model.source, rows, chunk=len(rows))
     marker.write_text(str(n))
 
 

@@ -91,3 +91,28 @@ def clusters(n: int, dim: int, rng: np.random.Generator, noise: float | tuple[fl
             x[flat] = uniform(int(flat.sum()), dim, rng)
         out[start:start + m] = x
     return out
+
+
+# -- synthetic indexes -----------------------------------------------------------------------------
+
+def noisy_copies(real: np.ndarray, n: int, rng: np.random.Generator, spread: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """``(picks, vectors)``: ``n`` unit vectors, each a real one (``real[picks[i]]``) moved by
+    Gaussian noise of norm about ``spread``: a large collection that looks like the real one."""
+    picks = rng.integers(0, len(real), n)
+    dim = real.shape[1]
+    return picks, unit(real[picks] + rng.normal(0, spread / np.sqrt(dim), (n, dim)).astype(np.float32))
+
+
+def commit_rows(directory: Path, identity: dict, source: dict, rows: list, index_type: str = "auto",
+                chunk: int = 50_000) -> dict:
+    """Write ``rows`` (:class:`imgembed.index.store.NewImage`) straight into the index at
+    ``directory``, ``chunk`` rows a commit: the rows `imgembed index` writes, without embedding.
+    Returns the manifest's FAISS entry."""
+    from imgembed.index import ImageIndex
+
+    with ImageIndex.open_for_write(directory, identity, source, index_type) as idx:
+        for start in range(0, len(rows), chunk):
+            idx.commit(add=rows[start:start + chunk])
+        idx.save()
+        return dict(idx.manifest["faiss"])
+

@@ -147,16 +147,14 @@ def synthetic_index(directory: Path, n: int) -> Path:
     import numpy as np
 
     from imgembed.api import embed, load_model
-    from imgembed.index import ImageIndex
     from imgembed.index.store import NewImage
+
+    from common import commit_rows, noisy_copies
 
     model = load_model()
     photos = sorted((ROOT / "sample_images").rglob("*.png"))
     real = embed(model, photos)
-    rng = np.random.default_rng(0)
-    picks = rng.integers(0, len(photos), n)
-    noisy = real[picks] + rng.normal(0, 0.6 / np.sqrt(model.dim), (n, model.dim)).astype(np.float32)
-    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    picks, noisy = noisy_copies(real, n, np.random.default_rng(0))
     root, index = directory / "collection", directory / "big-index"
     rows = []
     for i, (j, v) in enumerate(zip(picks, noisy)):
@@ -165,10 +163,7 @@ def synthetic_index(directory: Path, n: int) -> Path:
         (root / rel).hardlink_to(photos[j])
         st = (root / rel).stat()
         rows.append(NewImage(str(root), rel, rel.split("/")[0], st.st_size, st.st_mtime_ns, f"h{j}", 256, 256, v))
-    with ImageIndex.open_for_write(index, model.identity, model.source, "auto") as idx:
-        for start in range(0, n, 10_000):
-            idx.commit(add=rows[start:start + 10_000])
-        idx.save()
+    commit_rows(index, model.identity, model.source, rows, chunk=10_000)
     return index
 
 

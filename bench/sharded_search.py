@@ -27,16 +27,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from recall_check import make  # noqa: E402
 
+from common import commit_rows  # noqa: E402
+
 
 def build(directory: Path, identity: dict, vectors: np.ndarray, offset: int) -> None:
-    from imgembed.index import ImageIndex
     from imgembed.index.store import NewImage
 
-    with ImageIndex.open_for_write(directory, identity, {}, "flat") as idx:
-        for start in range(0, len(vectors), 50_000):
-            idx.commit(add=[NewImage("/bench", f"{offset + start + i}", None, 0, 0, "", 1, 1, v)
-                            for i, v in enumerate(vectors[start:start + 50_000])])
-        idx.save()
+    commit_rows(directory, identity, {}, [NewImage("/bench", f"{offset + i}", None, 0, 0, "", 1, 1, v)
+                                          for i, v in enumerate(vectors)], "flat")
 
 
 def timed(searcher, queries: np.ndarray) -> tuple[float, float, list]:
