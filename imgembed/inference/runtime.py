@@ -18,6 +18,10 @@ CPU, but its import costs twice ONNX Runtime's, so queries stay on ONNX Runtime
 
 All paths take the same preprocessed arrays (:meth:`Preprocess.to_array`) and give the same
 vectors, so an index built by one is searched by the other.
+
+Over 400 lines because the engines and the cache of their graphs belong together: an engine is
+trusted only against the check vectors its cached graph records, and each way a graph comes into
+being (built, exported, brought beside a checkpoint) ends in that same cache entry.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ AdamW under a cosine learning-rate schedule and measures retrieval on the valida
 The best epoch (by mAP@R) is written to ``out`` as a self-describing checkpoint; the full
 training state goes to ``<out>.resume.pt`` after every epoch so that an interrupted run can
 continue with ``resume=True``.
+
+Over 400 lines because the frozen and fine-tuning runners share the loop, its resume state and
+the checkpoint written at the end: split, each half would need the other's private state.
 """
 
 from __future__ import annotations
