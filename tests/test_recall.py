@@ -117,3 +117,47 @@ def test_a_target_out_of_reach_is_reported_with_its_reason(monkeypatch):
     monkeypatch.setattr(recall, "BUDGET_SHARE", 1e-9)
     slow = recall.tune(index("IDMap2,HNSW16,Flat"), "IDMap2,HNSW16,Flat", base[ids], ids, truth, exact_ms, 3000)
     assert not slow.met and "even its cheapest setting" in slow.note and slow.params == "efSearch=16"
+
+
+def test_an_ivf_with_a_graph_over_its_centroids_is_tuned_on_both_knobs(tmp_path):
+    """``IVF{n}_HNSW32`` (what ivfpq becomes from 8,192 lists on): the check walks nprobe with the
+    graph's search depth beside it, and the re-ranking depth; the index it leaves reaches the target
+    on held-out queries and returns k hits for each."""
+    rng = np.random.default_rng(4)
+    vectors = _collection("crowded", 6_300, rng)
+    base, queries = vectors[:6_000], vectors[6_000:]
+    _build(tmp_path / "i", base, "IVF64_HNSW32,PQ16x4fs,Refine(SQfp16)")
+    with ImageIndex.open(tmp_path / "i") as idx:
+        check, spec = idx.recall_check, idx.manifest["faiss"]
+        assert spec["factory"] == "IDMap2,IVF64_HNSW32,PQ16x4fs,Refine(SQfp16)" and spec["params"] == check.params
+        assert check.met and check.recall >= 0.95, check
+        settings = dict(kv.split("=") for kv in check.params.split(","))
+        assert set(settings) == {"nprobe", "quantizer_efSearch", "k_factor_rf"}
+        assert int(settings["quantizer_efSearch"]) >= int(settings["nprobe"])  # the graph finds the lists probed
+        hits = idx.search(queries, 10)
+        assert all(len(h) == 10 for h in hits)
+    assert _held_out_recall(tmp_path / "i", base, queries) >= 0.94
+
+
+def test_the_knob_walk_reaches_deep_re_ranking_and_the_graph_depth():
+    """4-bit codes order crowded neighbours loosely: the walk goes to 1,024 candidates per hit,
+    and an HNSW quantizer is searched at twice nprobe (at least 64)."""
+    import faiss
+
+    def index(factory):
+        return faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
+
+    rows = recall._ladder(index("IDMap2,IVF64_HNSW32,PQ16x4fs,Refine(SQfp16)"), "IDMap2,IVF64_HNSW32,PQ16x4fs,Refine(SQfp16)")
+    assert [r[0].rsplit("=", 1)[1] for r in rows] == [str(d) for d in recall.RERANK_DEPTHS] and rows[-1][0].endswith("=1024")
+    assert rows[0][0] == "nprobe=1,quantizer_efSearch=64,k_factor_rf=1" and rows[0][-1].startswith("nprobe=64,quantizer_efSearch=128,")
+    assert recall._ladder(index("IVF64,SQ8"), "IVF64,SQ8") == [[f"nprobe={2 ** i}" for i in range(7)]]
+
+
+def test_the_exact_time_is_one_core_scanning_every_vector():
+    """The latency budget is a share of this estimate; it must not depend on BLAS threads."""
+    rng = np.random.default_rng(5)
+    base = _unit(rng.standard_normal((20_000, DIM)))
+    chunks = [(np.arange(i, i + 5000), base[i:i + 5000]) for i in range(0, 20_000, 5000)]
+    truth, ms = recall.exact_neighbours(base[:50], np.arange(50), chunks)
+    brute = np.argsort(-(base[:50] @ base.T), axis=1)[:, 1:11]
+    assert ms > 0 and (truth == brute).mean() >= 0.99

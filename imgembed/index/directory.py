@@ -224,13 +224,15 @@ class ImageIndex:
         First rebuilds the FAISS index when it holds removed rows, or when its type calls for
         another structure at the current size (``auto`` growing from flat to hnsw to ivfpq,
         ``ondisk`` growing its number of lists; an IVF index built by an earlier version keeps its
-        codec until then, :func:`vectors.calls_for_rebuild`). An ``ondisk`` index is rebuilt straight into a
+        codec until then, :func:`vectors.calls_for_rebuild`), or when it is the flat stand-in of a
+        type that had no vectors to train on when it was made. An ``ondisk`` index is rebuilt straight into a
         new ``.ivfdata`` generation, or gets the vectors added since it was opened merged into
         one (:func:`vectors.save_ondisk`).
         """
         current = spec_of(self.manifest)
         wanted = vectors.choose(current.index_type, self.store.count(), self.dim)
-        if self.vectors.stale or vectors.calls_for_rebuild(current, wanted):
+        if (self.vectors.stale or vectors.calls_for_rebuild(current, wanted)
+                or (len(self) and vectors.is_stand_in(self.faiss, current.factory))):
             self.rebuild()
         self.vectors = self.vectors.publish(self.path, spec_of(self.manifest).params)
         self._check_recall()

@@ -142,6 +142,12 @@ def calls_for_rebuild(current: IndexSpec, wanted: IndexSpec) -> bool:
     return lists is None or lists != _lists_of(wanted.factory) or current.index_type != wanted.index_type
 
 
+def is_stand_in(index: faiss.Index, factory: str) -> bool:
+    """Whether ``index`` is the exact flat index that stands in for ``factory`` because it was made
+    with no vectors to train ``factory`` on (a new index of a FAISS factory string type)."""
+    return factory != DEFAULT_FACTORY and supports_removal(index) and not new_index(index.d, factory).is_trained
+
+
 def new_index(dim: int, factory: str = DEFAULT_FACTORY) -> faiss.Index:
     return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
 
@@ -186,12 +192,37 @@ def remove(index: faiss.Index, ids) -> None:
         index.remove_ids(ids)
 
 
+@contextmanager
+def threads_for(queries: int):
+    """FAISS's OpenMP threads for a search of ``queries`` queries from the calling thread: one for a
+    single query, else all. A single query runs on one core whatever the count (FAISS parallelises
+    over queries), but with two or more threads it waits at each parallel region for threads that
+    other work on the machine keeps from running: with 2 cores shared, one exact query over 1M
+    vectors took 123 ms at 2 threads and 31 ms at 1, one over 20,000 took 10 ms against 0.2
+    (bench/ann_1m.py). OpenMP keeps the count per calling thread, so this is safe across threads."""
+    if queries != 1:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(scores (q, k), ids (q, k))``, best first; missing neighbours have id -1.
 
     An IVF index probes only ``nprobe`` lists, which can hold fewer than ``k`` vectors between
     them (a small list, a tuned-down ``nprobe``); those queries are searched again with more
-    lists, up to all of them, so that ``k`` hits come back whenever the index holds ``k``."""
+    lists, up to all of them, so that ``k`` hits come back whenever the index holds ``k``.
+    A single query runs on one thread (:func:`threads_for`)."""
+    with threads_for(len(queries)):
+        return _search(index, queries, k)
+
+
+def _search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = max(1, min(k, index.ntotal)) if index.ntotal else 1
     if index.ntotal == 0:
         q = len(queries)
