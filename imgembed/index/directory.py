@@ -133,6 +133,11 @@ class ImageIndex:
             manifest = read_manifest(directory)
             check_model(directory, manifest, model_identity)
             store = MetadataStore(directory / DATABASE)
+            try:
+                store.upgrade()  # the writer brings an older schema up to date (index/store.py)
+            except BaseException:
+                store.close()
+                raise
         else:
             directory.mkdir(parents=True, exist_ok=True)
             spec = vectors.choose(index_type or "auto", 0, int(model_identity["dim"]))
