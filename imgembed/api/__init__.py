@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ..inference.pool import LocalPool
 from ..inference.ray import RayCluster
+from .auditing import AuditReport, Finding, audit
 from .duplicates import (
                          JOURNALS,
                          ActionReport,
@@ -31,4 +32,4 @@ from .search import Classification, QueryResult, Searcher, compare
 __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "compare", "QueryResult",
            "Classification", "index_info", "rebuild_index", "remove_paths", "drop_tombstones", "check_index",
            "find_duplicates", "DuplicateGroup", "exact_duplicates", "act_on_duplicates", "undo_duplicate_actions",
-           "latest_journal", "JOURNALS", "ActionReport", "IndexOptions", "LocalPool", "RayCluster", "Query"]
+           "latest_journal", "JOURNALS", "ActionReport", "IndexOptions", "LocalPool", "RayCluster", "Query", "audit", "AuditReport", "Finding"]

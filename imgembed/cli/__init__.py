@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from ..errors import ImgembedError
-from . import duplicates, indexing, query, serve, training
+from . import audit, duplicates, indexing, query, serve, training
 
 
 class _Main(click.Group):
@@ -68,7 +68,7 @@ def main(ctx: click.Context, debug: bool) -> None:
             stream.reconfigure(errors="surrogateescape")
 
 
-for _group in (indexing, query, training, duplicates, serve):
+for _group in (indexing, query, training, duplicates, audit, serve):
     for _command in _group.COMMANDS:
         main.add_command(_command)
 
