@@ -18,7 +18,8 @@ folder. The real `api.index_folder` embeds the folder with the default model; th
 For each: P@N (N = the number planted: the share of the N top-ranked images that were planted),
 and precision, recall and F1 of the flagged set (ours: score > threshold; cleanlab: its
 ``is_label_issue``). Tuning sets (where RIDGE_ALPHA and the threshold were chosen, by mean F1):
-sample_images/ and digits; the others are held out. Results: bench/data/audit/results.json and the table printed.
+sample_images/, digits and clipart-top (the defaults were chosen over 10 in-memory noise seeds on
+them; see docs/quality.md); the others are held out. Results: bench/data/audit/results.json and the table printed.
 """
 
 from __future__ import annotations
