@@ -36,6 +36,10 @@ COMMIT_EVERY = 256  # images per committed chunk of an index run
 DEFAULT_MAX_PIXELS = 150_000_000  # larger images are rejected as likely decompression bombs
 DEFAULT_DECODE_TIMEOUT = 30.0  # seconds one file may take to decode before it is skipped
 DEFAULT_TARGET_RECALL = 0.95  # Recall@10 a new approximate index is tuned to (imgembed.index.recall)
+AUDIT_K = 10  # neighbours that measure how far an image lies, and are shown with each finding
+AUDIT_KINDS = ("mislabel", "outlier", "duplicate", "leak")
+MISLABEL_THRESHOLD = 0.5  # mislabel score above which a label is reported (bench/audit.py, tuning sets)
+OUTLIER_THRESHOLD = 3.5  # robust z-score from which an image is reported as an outlier
 MAX_UPLOAD_MB = 25  # the largest upload `imgembed serve` takes
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..collection.audit import AUDIT_K, KINDS, MISLABEL_THRESHOLD, OUTLIER_THRESHOLD
-from ..config import DUPLICATE_THRESHOLDS
+from ..config import AUDIT_K, DUPLICATE_THRESHOLDS, MISLABEL_THRESHOLD, OUTLIER_THRESHOLD
+from ..config import AUDIT_KINDS as KINDS
 from .common import emit_json, html_options, index_option, json_option, quiet_option, stage_bar, write_page
 
 

@@ -47,13 +47,13 @@ from typing import Sequence
 
 import numpy as np
 
-AUDIT_K = 10  # neighbours that measure how far an image lies, and are shown with each finding
+from ..config import AUDIT_K, AUDIT_KINDS, MISLABEL_THRESHOLD, OUTLIER_THRESHOLD  # noqa: F401 - read from here too
+
+KINDS = AUDIT_KINDS
+
 RIDGE_ALPHA = 1.0  # the mislabel fit's penalty, in units of n / d (bench/audit.py, tuning sets)
 KNN_WEIGHT = 0.5  # the neighbourhood vote's weight in the mislabel evidence (bench/audit.py, tuning sets)
-MISLABEL_THRESHOLD = 0.5  # mislabel score above which a label is reported (bench/audit.py, tuning sets)
-OUTLIER_THRESHOLD = 3.5  # robust z-score from which an image is reported as an outlier
 SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval"})
-KINDS = ("mislabel", "outlier", "duplicate", "leak")
 
 
 @dataclass(frozen=True)
