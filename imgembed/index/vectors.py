@@ -7,10 +7,11 @@ search parameters (:class:`IndexSpec`), chosen by :func:`choose`:
 - ``flat``: exact search, 4 x dim bytes per vector.
 - ``hnsw``: ``HNSW32,Flat`` graph over the full vectors, ``efSearch=512``.
 - ``ivfpq``: inverted lists of 4-bit fast-scan PQ codes (dim/2 subquantisers), re-ranked with
-  16-bit float vectors: ``IVF{nlist},PQ{dim/2}x4fs,Refine(SQfp16)`` (8-bit re-ranking capped
-  Recall@10 near 0.95 on crowded 1M sets, bench/ann_1m.py; earlier indexes keep ``SQ8``) with nlist about
-  4 sqrt(n), ``nprobe=nlist/32`` (at least 32) and ``k_factor_rf=64``; about 1.4 x dim bytes per
-  vector.
+  the vectors in 16-bit floats: ``IVF{nlist},PQ{dim/2}x4fs,Refine(SQfp16)`` with nlist about
+  4 sqrt(n) (``IVF{nlist}_HNSW32``, an HNSW graph over the centroids, from 8,192 lists on),
+  ``nprobe=nlist/16`` (at least 32) and ``k_factor_rf=256`` until the recall check tunes them;
+  about 2.4 x dim bytes per vector (308 B at 128-d). Indexes built by earlier versions with
+  ``Refine(SQ8)`` keep it until their number of lists changes (or ``imgembed rebuild``).
 - ``auto``: flat below 200,000 vectors, ivfpq beyond; re-chosen (and re-trained on the stored
   vectors) whenever the size calls for another number of lists.
 - ``ondisk``: for collections larger than RAM. ``IVF{nlist},SQ8`` (an HNSW32 graph over the
@@ -25,9 +26,16 @@ search parameters (:class:`IndexSpec`), chosen by :func:`choose`:
   more accurate; choose ondisk when the index would not fit in the RAM of the searching machines.
 - anything else is taken as a FAISS factory string, for experts.
 
-Defaults were set with bench/search_scale.py on 1,000,000 clustered 128-d vectors: hnsw with
-efSearch 128/256/512 reached Recall@10 0.912/0.946/0.955; ivfpq with k_factor_rf 8/32/64 reached
-0.749/0.952/0.956, at 180 bytes per vector against 792 for hnsw.
+ivfpq was chosen with bench/ann_1m.py on crowded and mixed 1,000,000 x 128 collections (tuning
+sets, then held-out ones; docs/scaling.md). 8-bit re-ranking codes capped Recall@10 at 0.95-0.96
+on crowded sets, below the recall check's aim of 0.97, however deep it re-ranked; 16-bit floats
+reach 0.970-0.978 at nprobe 256 of 4,096 lists and 256 candidates a hit, 1.0-1.2 ms a query, 23-33x
+an exact query on one core. 16,384 lists behind an HNSW graph were 2.5x slower at the same recall
+and 4x slower to train; HNSW32 over the full vectors (784 B/vector) reached 0.964 at 7.9 ms, over
+8-bit codes never 0.95; an HNSW graph over 4,096 centroids cost 0.6 ms a query more than scanning
+them, hence the graph only from 8,192 lists on. k-means trains on 64 vectors a list, 10
+iterations (1M: built in 80 s on 2 cores). Earlier, bench/search_scale.py on less crowded data
+(2,000 clusters, noise 0.6) had hnsw at efSearch 128/256/512 reach 0.912/0.946/0.955.
 
 ondisk was measured with bench/ondisk_scale.py on 10,000,000 clustered 128-d vectors (2 shared
 cores): ``IVF8192_HNSW32,SQ8``, 136.7 bytes per vector on disk (1.37 GB), built in 26 min (train
@@ -71,9 +79,10 @@ from ..imaging.files import atomic_path
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq", "ondisk")
 ONDISK_MIN_NPROBE = 32
 FLAT_BELOW = 200_000
-# ivfpq assigns vectors to its lists through an HNSW graph over the centroids from this many lists
-# on (about 2.2M vectors): exact assignment costs O(n x nlist), and at 8,192 lists the graph finds
-# the same lists (bench/ann_1m.py measured IVF4096 and IVF4096_HNSW32 alike at 1M).
+# ivfpq finds its lists through an HNSW graph over the centroids from this many lists on (about
+# 2.2M vectors), where scanning every centroid at each query and assigning every vector exactly at
+# build (O(n x nlist)) grow costly; at 4,096 lists (1M) the scan is the faster (bench/ann_1m.py:
+# the graph cost 0.6 ms a query more at the same recall).
 HNSW_QUANTIZER_FROM = 8192
 IVF_TRAIN_PER_LIST = 64  # k-means sample per list for in-RAM IVF indexes (bench/ann_1m.py)
 DEFAULT_FACTORY = "IDMap2,Flat"
