@@ -40,6 +40,7 @@ AUDIT_K = 10  # neighbours that measure how far an image lies, and are shown wit
 AUDIT_KINDS = ("mislabel", "outlier", "duplicate", "leak")
 MISLABEL_THRESHOLD = 0.5  # mislabel score above which a label is reported (bench/audit.py, tuning sets)
 OUTLIER_THRESHOLD = 3.5  # robust z-score from which an image is reported as an outlier
+SORT_MIN_CONFIDENCE = 0.4  # share of an inbox image's label scores below which it stays (bench/sort.py)
 MAX_UPLOAD_MB = 25  # the largest upload `imgembed serve` takes
 
 

@@ -101,7 +101,7 @@ def test_trash_then_undo(planted):
         np.testing.assert_array_equal(restored[path][1], vec)  # the vectors came back, not re-embedded
     report = api.index_folder(folder, index)
     assert report.unchanged == len(before) and report.embedded == 0
-    with pytest.raises(InputError, match="no duplicates action to undo"):
+    with pytest.raises(InputError, match="no action to undo"):
         api.undo_duplicate_actions(index)
     with pytest.raises(InputError, match="records actions on the index"):
         api.undo_duplicate_actions(folder.parent / "another", undone.journal)

@@ -28,8 +28,10 @@ from .indexing import IndexOptions, IndexReport, index_folder
 from .maintenance import check_index, drop_tombstones, index_info, rebuild_index, remove_paths
 from .models import Query, embed, load_model
 from .search import Classification, QueryResult, Searcher, compare
+from .sorting import Proposal, SortPlan, move_indexed, plan_sort, sort_inbox
 
 __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "compare", "QueryResult",
            "Classification", "index_info", "rebuild_index", "remove_paths", "drop_tombstones", "check_index",
            "find_duplicates", "DuplicateGroup", "exact_duplicates", "act_on_duplicates", "undo_duplicate_actions",
-           "latest_journal", "JOURNALS", "ActionReport", "IndexOptions", "LocalPool", "RayCluster", "Query", "audit", "AuditReport", "Finding"]
+           "latest_journal", "JOURNALS", "ActionReport", "IndexOptions", "LocalPool", "RayCluster", "Query", "audit", "AuditReport", "Finding",
+           "plan_sort", "sort_inbox", "SortPlan", "Proposal", "move_indexed"]

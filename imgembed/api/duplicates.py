@@ -153,7 +153,7 @@ def latest_journal(index_dir: str | Path) -> Path:
     for path in sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime_ns, reverse=True):
         if any(state != "undone" for _, _, state in tidy.read_journal(path)[1]):
             return path
-    raise InputError(f"{index_dir}: no duplicates action to undo (no journal in {folder} with actions left)")
+    raise InputError(f"{index_dir}: no action to undo (no journal in {folder} with actions left)")
 
 
 def undo_duplicate_actions(index_dir: str | Path, journal: str | Path | None = None, *,
@@ -187,7 +187,11 @@ def undo_duplicate_actions(index_dir: str | Path, journal: str | Path | None = N
 
 
 def _follow_back(idx: ImageIndex, a: tidy.Action) -> None:
-    if a.op == "trash":
+    if a.op == "sort":  # an inbox image sorted into the index leaves it again (its vector a tombstone)
+        row = idx.store.row_at(a.root, a.path)
+        if row is not None:
+            idx.commit(vanish=[row.id])
+    elif a.op == "trash":
         if idx.store.row_at(a.root, a.path) is not None:  # the index never heard of the trashing (a crash)
             return
         known = idx.store.known(a.hash, a.bytes)
