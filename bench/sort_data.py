@@ -12,10 +12,17 @@ real artwork under bench/data/sort/tasks/<task>/{root/<class>/, inbox/, truth.js
 | digits-fonts-hand | held-out | digits 0-9 | digits typeset in system fonts | scikit-learn's handwritten digits |
 | emoji-twemoji-noto | held-out-2 | emoji subgroups, half B | Twemoji | Noto |
 | emoji-noto-openmoji | held-out-2 | emoji subgroups, half B | Noto | OpenMoji colour |
+| emoji-fluent-emojione | held-out-3 | 5 subgroups of half A | Fluent Emoji flat | EmojiOne 2.3 |
+| emoji-emojione1-fluent | held-out-3 | 5 subgroups of half A | EmojiOne v1 | Fluent Emoji flat |
+| emoji-emojione-fluent | held-out-3 | 5 subgroups of half B | EmojiOne 2.3 | Fluent Emoji flat |
+| emoji-fluent-emojione1 | held-out-3 | 5 subgroups of half B | Fluent Emoji flat | EmojiOne v1 |
 
 A default threshold is chosen on the tuning tasks and confirmed on the held-out ones, whose
 classes (the other half of the subgroups, or digits) and style pairs both differ. The
-held-out-2 tasks were added after a change made once the held-out ones had been seen (docs/quality.md).
+held-out-2 tasks were added after a change made once the held-out ones had been seen (docs/quality.md),
+the held-out-3 ones, in three styles no earlier task draws, once the held-out-2 ones had been seen.
+EmojiOne v1 and 2.3 are different drawings by one studio, so no task pairs them; Noto v1 is not
+used, as many of its drawings live on in Noto.
 
 Emoji classes are CLDR subgroups (animal-mammal, food-fruit, transport-ground, ...), as
 OpenMoji's data/openmoji.json names them. An emoji counts if all three styles draw it and it is
@@ -25,10 +32,15 @@ arrows, signs and coloured shapes look nearly the same in every style), nor the 
 (they would make "time" one subject drawn 24 times). A subgroup is a class if it has
 >= ``MIN_SUBGROUP`` such emoji; a seeded half of the classes is A, the rest B. In every class a
 seeded 10 emoji are the root's and the rest (<= ``INBOX_PER_CLASS``) the inbox's, so the inbox
-holds new subjects in a new style, never a restyled root image. Emoji are rendered with
-CairoSVG at ``EMOJI_PX`` px on white, each style with its own padding; digits are ``DIGIT_PX``
-px, black on white: the 8x8 scans with a one-pixel margin, upscaled bicubic; the typeset digits
-in ``FONT_GLOBS``' fonts at seeded sizes, rotations, offsets and stroke widths.
+holds new subjects in a new style, never a restyled root image. The held-out-3 tasks keep those
+classes, halves and per-class orders (the earlier tasks' emoji stay as they were) but only the
+emoji the three new styles draw too (the EmojiOne sets are from 2015-16), so only the subgroups
+still >= ``MIN_SUBGROUP``: animal-mammal, clothing, event, place-building, transport-ground
+(A, 71 inbox images), book-paper, face-concerned, office, place-other, sky-weather (B, 61).
+Emoji are rendered with CairoSVG at ``EMOJI_PX`` px on white, each style with its own padding
+(the held-out-3 styles' icon boxes made square); digits are ``DIGIT_PX`` px, black on white:
+the 8x8 scans with a one-pixel margin, upscaled bicubic; the typeset digits in ``FONT_GLOBS``'
+fonts at seeded sizes, rotations, offsets and stroke widths.
 
 Inbox files are named by a running number after a seeded shuffle (nothing in a name gives the
 class away); truth.json beside the inbox maps each name to its class. `imgembed sort` moves
@@ -38,6 +50,9 @@ Sources (none of it is committed; this script fetches and renders it):
 OpenMoji 17.0.0 (npm `openmoji`, graphics CC-BY-SA-4.0, https://openmoji.org),
 Twemoji 16.0.1 (npm `@discordapp/twemoji`, graphics CC-BY-4.0, code MIT),
 Noto Emoji (npm `@iconify-json/noto` 1.2.9, Apache-2.0, Google),
+Fluent Emoji flat (npm `@iconify-json/fluent-emoji-flat` 1.2.6, MIT, Microsoft),
+EmojiOne 2.3 (npm `@iconify-json/emojione` 1.2.3, CC-BY-4.0, Emoji One / Emojitwo),
+EmojiOne v1 1.5.2 (npm `@iconify-json/emojione-v1` 1.2.3, CC-BY-SA-4.0, Emoji One legacy),
 scikit-learn's digits (BSD-3-Clause, UCI optdigits), and the Debian fonts under
 /usr/share/fonts/truetype (DejaVu: Bitstream Vera licence; Liberation: OFL-1.1; FreeFont: GPL-3
 with font exception; Noto Mono: Apache-2.0). Rendering needs `cairosvg` (PyPI, with the
@@ -73,7 +88,12 @@ TASKS = DATA / "tasks"
 
 NPM = {"openmoji": ("openmoji", "17.0.0"),
        "twemoji": ("@discordapp/twemoji", "16.0.1"),
-       "noto": ("@iconify-json/noto", "1.2.9")}
+       "noto": ("@iconify-json/noto", "1.2.9"),
+       # the held-out-3 styles, drawn on no earlier task
+       "fluent-flat": ("@iconify-json/fluent-emoji-flat", "1.2.6"),
+       "emojione": ("@iconify-json/emojione", "1.2.3"),
+       "emojione-v1": ("@iconify-json/emojione-v1", "1.2.3")}
+STYLES_3 = ["fluent-flat", "emojione", "emojione-v1"]
 ROOT_PER_CLASS = 10
 INBOX_PER_CLASS = 30
 MIN_SUBGROUP = 16          # 10 for the root, >= 6 for the inbox
@@ -89,7 +109,7 @@ SEED = 0
 @dataclass
 class Task:
     name: str
-    role: str                   # "tuning" or "held-out"
+    role: str                   # "tuning", "held-out", "held-out-2" or "held-out-3"
     root: Path                  # root/<class>/<file>.png, ROOT_PER_CLASS each
     inbox: Path                 # flat folder of PNGs
     truth: dict[str, str]       # inbox file name -> class
@@ -237,6 +257,90 @@ def emoji_classes() -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def _slug(text: str) -> str:
+    """A CLDR name as Iconify spells icon names: "rescue worker’s helmet" -> "rescue-workers-helmet",
+    "piñata" -> "piata"."""
+    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"[^\x00-\x7f]|'", "", text.lower())).strip("-")
+
+
+def _iconify_svg(icons: dict, name: str) -> str:
+    """Icon ``name`` of an Iconify icon set (aliases followed, their flips applied) as a square SVG."""
+    h_flip = v_flip = False
+    while name not in icons["icons"]:
+        alias = icons["aliases"][name]
+        if alias.get("rotate"):
+            raise ValueError(f"{icons.get('prefix')}:{name} is a rotated alias")
+        h_flip ^= bool(alias.get("hFlip"))
+        v_flip ^= bool(alias.get("vFlip"))
+        name = alias["parent"]
+    icon = icons["icons"][name]
+    left, top = icon.get("left", icons.get("left", 0)), icon.get("top", icons.get("top", 0))
+    w, h = icon.get("width", icons.get("width", 16)), icon.get("height", icons.get("height", 16))
+    h_flip ^= bool(icon.get("hFlip"))
+    v_flip ^= bool(icon.get("vFlip"))
+    body = icon["body"]
+    if h_flip or v_flip:
+        body = (f'<g transform="translate({2 * left + w if h_flip else 0} {2 * top + h if v_flip else 0}) '
+                f'scale({-1 if h_flip else 1} {-1 if v_flip else 1})">{body}</g>')
+    side = max(w, h)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+            f'viewBox="{left - (side - w) / 2:g} {top - (side - h) / 2:g} {side} {side}">{body}</svg>')
+
+
+def _svg_sources_3() -> dict[str, Callable[[str], str | None]]:
+    """Per held-out-3 style, ``hexcode -> SVG text or None``. Fluent's set maps codepoints to
+    icon names; the EmojiOne sets have names only, matched by the name Iconify gives that
+    codepoint in the Fluent set or else by OpenMoji's CLDR annotation."""
+    emoji = json.loads((ensure_npm_package(*NPM["openmoji"]) / "data" / "openmoji.json").read_text())
+    annotation = {e["hexcode"]: e["annotation"] for e in emoji}
+    packages = {style: ensure_npm_package(*NPM[style]) for style in STYLES_3}
+    fluent_chars = json.loads((packages["fluent-flat"] / "chars.json").read_text())
+
+    def style(package: Path) -> Callable[[str], str | None]:
+        icons = json.loads((package / "icons.json").read_text())
+        chars = json.loads((package / "chars.json").read_text())
+        names = set(icons["icons"]) | set(icons.get("aliases", {}))
+
+        def svg(h):
+            candidates = [m[k] for m in (chars, fluent_chars) if (k := _lookup(h, m))]
+            candidates.append(_slug(annotation[h]))
+            name = next((c for c in candidates if c in names), None)
+            return _iconify_svg(icons, name) if name else None
+
+        return svg
+
+    return {s: style(p) for s, p in packages.items()}
+
+
+def emoji_classes_3() -> dict[str, dict[str, list[str]]]:
+    """:func:`emoji_classes` cut to the emoji that every held-out-3 style draws too, in the same
+    order (the root's 10 first), without the classes left with < ``MIN_SUBGROUP``; rendered
+    under bench/data/sort/render/held-out-3/<style>/<hexcode>.png. The earlier tasks' classes
+    and emoji stay as they were."""
+    dest = RENDERS / "held-out-3"
+    split = dest / "classes.json"
+    if _done(dest) and split.is_file():
+        return json.loads(split.read_text())
+    classes = emoji_classes()
+    styles = _svg_sources_3()
+    svgs = {h: [styles[s](h) for s in STYLES_3] for half in classes.values() for hs in half.values() for h in hs}
+    out = {half: {s: kept for s, hs in by_class.items()
+                  if len(kept := [h for h in hs if all(svgs[h])]) >= MIN_SUBGROUP}
+           for half, by_class in classes.items()}
+    jobs = []
+    for by_class in out.values():
+        for hs in by_class.values():
+            for h in hs:
+                for style, svg in zip(STYLES_3, svgs[h]):
+                    (dest / style).mkdir(parents=True, exist_ok=True)
+                    jobs.append((svg, dest / style / f"{h}.png"))
+    with ProcessPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        list(pool.map(_render, jobs, chunksize=16))
+    split.write_text(json.dumps(out, indent=1) + "\n")
+    _finish(dest)
+    return out
+
+
 # -- digits ----------------------------------------------------------------------------------------
 
 def _handwritten() -> tuple[np.ndarray, np.ndarray]:
@@ -319,9 +423,16 @@ EMOJI_TASKS = [("emoji-twemoji-openmoji", "tuning", "A", "twemoji", "openmoji"),
                # style pairs no choice was made on
                ("emoji-twemoji-noto", "held-out-2", "B", "twemoji", "noto"),
                ("emoji-noto-openmoji", "held-out-2", "B", "noto", "openmoji")]
+# a third set, in three styles no earlier task draws (emoji_classes_3): for a change made once
+# the held-out-2 tasks had been seen
+EMOJI_TASKS_3 = [("emoji-fluent-emojione", "held-out-3", "A", "fluent-flat", "emojione"),
+                 ("emoji-emojione1-fluent", "held-out-3", "A", "emojione-v1", "fluent-flat"),
+                 ("emoji-emojione-fluent", "held-out-3", "B", "emojione", "fluent-flat"),
+                 ("emoji-fluent-emojione1", "held-out-3", "B", "fluent-flat", "emojione-v1")]
 DIGIT_TASKS = [("digits-hand-fonts", "held-out", "hand", "fonts"),
                ("digits-fonts-hand", "held-out", "fonts", "hand")]
 STYLE_NAMES = {"twemoji": "Twemoji", "openmoji": "OpenMoji", "noto": "Noto",
+               "fluent-flat": "Fluent Emoji flat", "emojione": "EmojiOne 2.3", "emojione-v1": "EmojiOne v1",
                "hand": "handwritten scans", "fonts": "system fonts"}
 
 
@@ -375,16 +486,27 @@ def tasks() -> dict[str, Task]:
             inbox = [(c, im) for c, ims in digits[inbox_style].items() for im in ims[ROOT_PER_CLASS:]]
             _write_task(dest, root, inbox, lambda im, path: im.save(path))
         out[name] = _load(dest, name, role, f"{STYLE_NAMES[root_style]} -> {STYLE_NAMES[inbox_style]}")
+    classes = emoji_classes_3() if any(not _done(TASKS / t[0]) for t in EMOJI_TASKS_3) else None
+    for name, role, half, root_style, inbox_style in EMOJI_TASKS_3:
+        dest = TASKS / name
+        if not _done(dest):
+            renders = RENDERS / "held-out-3"
+            root = {s: [(h, renders / root_style / f"{h}.png") for h in hs[:ROOT_PER_CLASS]]
+                    for s, hs in classes[half].items()}
+            inbox = [(s, renders / inbox_style / f"{h}.png") for s, hs in classes[half].items()
+                     for h in hs[ROOT_PER_CLASS:ROOT_PER_CLASS + INBOX_PER_CLASS]]
+            _write_task(dest, root, inbox, lambda src, path: shutil.copyfile(src, path))
+        out[name] = _load(dest, name, role, f"{STYLE_NAMES[root_style]} -> {STYLE_NAMES[inbox_style]}")
     return out
 
 
 def main() -> None:
     start = time.perf_counter()
     built = tasks()
-    print(f"{'task':<24} {'role':<9} {'classes':>7} {'root':>5} {'inbox':>5}  style")
+    print(f"{'task':<24} {'role':<10} {'classes':>7} {'root':>5} {'inbox':>5}  style")
     for t in built.values():
         n_root = sum(1 for _ in t.root.glob("*/*.png"))
-        print(f"{t.name:<24} {t.role:<9} {len(t.classes):>7} {n_root:>5} {len(t.truth):>5}  {t.style}")
+        print(f"{t.name:<24} {t.role:<10} {len(t.classes):>7} {n_root:>5} {len(t.truth):>5}  {t.style}")
     print(f"under {TASKS} ({time.perf_counter() - start:.1f} s)")
 
 
