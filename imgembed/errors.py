@@ -65,3 +65,7 @@ class TorchUnavailableError(ModelError):
 
 class RuntimeUnavailableError(ModelError):
     """The inference runtime asked for (ONNX Runtime) is not installed."""
+
+
+class ExtraMissingError(ImgembedError):
+    """What was asked for needs an optional extra (e.g. ``imgembed[map]``) that this install lacks."""

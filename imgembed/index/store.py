@@ -374,6 +374,14 @@ class MetadataStore:
         return int(n), int(total), int(mixed)
 
     @_serialised
+    def generation(self) -> int:
+        """How many commits have changed the rows (0 in a file last written by an imgembed that
+        did not count them). What is derived from the rows (a map, an audit) is current while
+        this and :meth:`id_summary` are what they were when it was computed."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    @_serialised
     def ids(self) -> np.ndarray:
         return np.fromiter((r[0] for r in self.db.execute("SELECT id FROM images ORDER BY id")), np.int64)
 
@@ -493,13 +501,19 @@ class MetadataStore:
         A path that is added stops being "skipped"; a skipped path loses no other row here,
         so callers pass the ids of rows a skipped file replaces in ``remove``. Rows in ``vanish``
         are removed too, but leave tombstones; ``restored`` tombstones (rowids) were brought
-        back by rows in ``add``.
+        back by rows in ``add``. A chunk that changes any row adds one to :meth:`generation`.
         """
         self._writing()
         now = time.time()
         ids = []
         add, vanish = list(add), [(now, int(i)) for i in vanish]
+        remove, moves, touches, restored, relocations = (list(x) for x in (remove, moves, touches, restored,
+                                                                            relocations))
+        changes = any((add, vanish, remove, moves, touches, relocations))
         with self.db:
+            if changes:  # in the same transaction as the changes it counts
+                self.db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT (key) "
+                                "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
             self.db.executemany("INSERT INTO removed SELECT hash, bytes, width, height, "
                                 "phash, vector, root, path, ? FROM images WHERE id = ?", vanish)
             self.db.executemany("DELETE FROM removed WHERE rowid = ?", [(int(i),) for i in restored])
