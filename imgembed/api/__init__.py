@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..inference.pool import LocalPool
 from ..inference.ray import RayCluster
 from .auditing import AuditReport, Finding, audit
+from .clustering import Cluster, ClusterReport, IntoPlan, clusters, move_into, plan_into
 from .duplicates import (
                          JOURNALS,
                          ActionReport,
@@ -34,4 +35,5 @@ __all__ = ["load_model", "embed", "index_folder", "IndexReport", "Searcher", "co
            "Classification", "index_info", "rebuild_index", "remove_paths", "drop_tombstones", "check_index",
            "find_duplicates", "DuplicateGroup", "exact_duplicates", "act_on_duplicates", "undo_duplicate_actions",
            "latest_journal", "JOURNALS", "ActionReport", "IndexOptions", "LocalPool", "RayCluster", "Query", "audit", "AuditReport", "Finding",
-           "plan_sort", "sort_inbox", "SortPlan", "Proposal", "move_indexed"]
+           "plan_sort", "sort_inbox", "SortPlan", "Proposal", "move_indexed",
+           "clusters", "Cluster", "ClusterReport", "IntoPlan", "plan_into", "move_into"]

@@ -239,13 +239,14 @@ def _check_indexed(a: tidy.Action, roots: list[str]) -> None:
 
 
 def move_indexed(index_dir: str | Path, moves: list[tuple[int, str | Path]], *, op: str = "relocate",
-                 dry_run: bool = False, wait: bool = False) -> ActionReport:
+                 root: str | Path | None = None, dry_run: bool = False, wait: bool = False) -> ActionReport:
     """Move indexed images, ``(row id, destination file)`` each, journalled before each move
     (``imgembed undo`` moves them back); each keeps its vector at its new path, in the root that
-    holds the destination (or, outside every root, in a new root: the destination's folder
-    less the image's relative path). ``op`` names the run in its journal (e.g. ``clusters``).
-    A file that changed since it was indexed, or whose destination exists, stays and is
-    reported in ``failed``; with ``dry_run`` only the plan is returned."""
+    holds the destination (or, outside every root, in ``root`` where that holds it, else in a
+    new root: the destination's folder less the image's relative path). ``op`` names the run in
+    its journal (e.g. ``clusters``). A file that changed since it was indexed, or whose
+    destination exists, stays and is reported in ``failed``; with ``dry_run`` only the plan is
+    returned."""
     from .duplicates import _follow
 
     index_dir = Path(index_dir)
@@ -261,6 +262,7 @@ def move_indexed(index_dir: str | Path, moves: list[tuple[int, str | Path]], *, 
         return report
     with ImageIndex.open_for_write(index_dir, None, wait=wait) as idx:
         roots = idx.store.roots()
+        destinations = [*roots, os.path.realpath(root)] if root is not None else roots  # the first that holds it
         journal = tidy.Journal.create(index_dir / JOURNALS, {"index": str(index_dir.resolve()), "op": op})
         report.journal = str(journal.path)
         try:
@@ -272,7 +274,7 @@ def move_indexed(index_dir: str | Path, moves: list[tuple[int, str | Path]], *, 
                 except (tidy.ActionError, OSError) as e:
                     report.failed.append((a, str(e)))
                     continue
-                _follow(idx, a, roots)
+                _follow(idx, a, destinations)
                 journal.done(n)
                 report.done.append(a)
         finally:

@@ -3,7 +3,8 @@ exit codes: 0 success, 1 a runtime error (one line; the traceback with ``--debug
 
 One module per command group: :mod:`.indexing` (index, info, remove, gc, check, rebuild),
 :mod:`.query` (search, classify, compare), :mod:`.training` (train, evaluate, export, models),
-:mod:`.duplicates` (duplicates, undo), :mod:`.audit`, :mod:`.sorting` (sort) and :mod:`.serve`; :mod:`.common` holds what they share.
+:mod:`.duplicates` (duplicates, undo), :mod:`.audit`, :mod:`.sorting` (sort), :mod:`.clusters` and
+:mod:`.serve`; :mod:`.common` holds what they share.
 Heavy modules (torch, numpy, faiss) are imported inside the commands, so ``--help`` stays fast.
 """
 
@@ -15,7 +16,7 @@ import click
 
 from .. import __version__
 from ..errors import ImgembedError
-from . import audit, duplicates, indexing, query, serve, sorting, training
+from . import audit, clusters, duplicates, indexing, query, serve, sorting, training
 
 
 class _Main(click.Group):
@@ -68,7 +69,7 @@ def main(ctx: click.Context, debug: bool) -> None:
             stream.reconfigure(errors="surrogateescape")
 
 
-for _group in (indexing, query, training, duplicates, audit, sorting, serve):
+for _group in (indexing, query, training, duplicates, audit, sorting, clusters, serve):
     for _command in _group.COMMANDS:
         main.add_command(_command)
 
