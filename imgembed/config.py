@@ -41,8 +41,8 @@ AUDIT_KINDS = ("mislabel", "outlier", "duplicate", "leak")
 MISLABEL_THRESHOLD = 0.5  # mislabel score above which a label is reported (bench/audit.py, tuning sets)
 OUTLIER_THRESHOLD = 3.5  # robust z-score from which an image is reported as an outlier
 SORT_MIN_CONFIDENCE = 0.4  # share of an inbox image's label scores below which it stays (bench/sort.py)
-CLUSTER_K = 10  # neighbours per image in the graph `clusters` splits (bench/clusters.py, tuning sets)
-CLUSTER_RESOLUTION = 1.0  # modularity resolution of `clusters` (bench/clusters.py): higher gives more, smaller clusters
+CLUSTER_K = 10  # neighbours per image in the graph `clusters` splits (bench/clusters.py)
+CLUSTER_RESOLUTION = 1.0  # modularity resolution of `clusters` (bench/clusters.py): above 1 a compact group holding much of a folder is cut in two
 CLUSTER_SAMPLE = 5000  # above this many images `clusters` splits a sample and assigns the rest to the nearest
 MAX_UPLOAD_MB = 25  # the largest upload `imgembed serve` takes
 

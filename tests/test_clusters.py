@@ -42,7 +42,7 @@ def purity(found, truth):
 
 
 def test_separate_groups_are_found_whatever_their_number_largest_first():
-    for sizes in ([40, 25, 12], [30] * 7):
+    for sizes in ([40, 25, 12], [30] * 7):  # the first group holds half the graph: it stays whole
         x, truth = groups_on_sphere(sizes)
         found = cl.cluster(x)
         assert same_partition(found.labels, truth), sizes
