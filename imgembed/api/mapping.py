@@ -61,9 +61,13 @@ def cache_path(index_dir: Path, key: str) -> Path:
 def cached_map(index_dir: str | Path) -> MapLayout | None:
     """The index's map if it is cached for its current vectors, else None (no model, no layout)."""
     with ImageIndex.open(index_dir) as idx:
-        key = map_key(idx)
-        n = len(idx)
-    return _read(cache_path(Path(index_dir), key), key, n)
+        return cached_map_of(idx)
+
+
+def cached_map_of(idx: ImageIndex) -> MapLayout | None:
+    """:func:`cached_map` of an index already open (a server's), without opening it again."""
+    key = map_key(idx)
+    return _read(cache_path(Path(idx.directory), key), key, len(idx))
 
 
 def index_map(index_dir: str | Path, *, seed: int = 0, progress: StageProgress | None = None) -> MapLayout:

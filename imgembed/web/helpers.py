@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..api import Classification, DuplicateGroup
+from ..api import AuditReport, Classification, DuplicateGroup
+from ..api.mapping import MapLayout
 from ..collection import knn, tidy
 from ..config import CLASSIFY_K
 from ..errors import ImageLoadError, ImgembedError, InputError
@@ -176,3 +177,38 @@ def group_json(group: DuplicateGroup, source: int) -> dict:
     keeper = tidy.choose_keeper([tidy.Member.of(r) for r in group.rows])
     return {"exact": group.exact, "keep": keeper.id,
             "images": [describe(r, source, score=round(s, 6)) for r, s in zip(group.rows, group.scores)]}
+
+
+def map_json(layout: MapLayout, rows: Mapping[int, ImageRow], source: int) -> dict:
+    """The map as parallel arrays (tens of thousands of points stay a few MB): ``ids``, ``x``,
+    ``y`` (unit square, y down), ``label`` (a position in ``labels``, sorted, or -1 for none),
+    ``root`` (a position in ``roots``) and ``path`` (relative to it). Rows removed since the
+    layout was made are left out."""
+    kept = [(int(i), xy) for i, xy in zip(layout.ids.tolist(), layout.xy.tolist()) if int(i) in rows]
+    labels = sorted({rows[i].label for i, _ in kept if rows[i].label is not None})
+    roots = sorted({rows[i].root for i, _ in kept})
+    label_at, root_at = {lab: p for p, lab in enumerate(labels)}, {r: p for p, r in enumerate(roots)}
+    return {"index": source, "key": layout.key, "count": len(kept), "labels": labels, "roots": roots,
+            "ids": [i for i, _ in kept], "x": [round(xy[0], 5) for _, xy in kept],
+            "y": [round(xy[1], 5) for _, xy in kept],
+            "label": [label_at.get(rows[i].label, -1) for i, _ in kept],
+            "root": [root_at[rows[i].root] for i, _ in kept], "path": [rows[i].path for i, _ in kept]}
+
+
+def audit_json(report: AuditReport, by_path: Mapping[str, ImageRow], source: int) -> dict:
+    """:class:`AuditReport` with each image it names (a finding's, its neighbours', a pair's
+    other) given its ``id``, ``index`` and ``thumbnail`` where it is still in the index."""
+    def place(d: dict) -> dict:
+        row = by_path.get(d["path"])
+        return {**d, "id": row.id if row else None, "index": source,
+                "thumbnail": describe(row, source)["thumbnail"] if row else None}
+
+    findings = []
+    for f in report.findings:
+        d = place(f.to_dict())
+        d["neighbours"] = [place(n) for n in d["neighbours"]]
+        if "other" in d:
+            d["other"] = place(d["other"])
+        findings.append(d)
+    return {"index": source, "images": report.images, "labelled": report.labelled, "note": report.note,
+            "counts": report.counts, "thresholds": report.thresholds, "findings": findings}

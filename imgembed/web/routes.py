@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 from flask import jsonify, request, send_file
 
-from ..api import act_on_duplicates, exact_duplicates, find_duplicates, undo_duplicate_actions
-from ..collection import knn
+from ..api import act_on_duplicates, audit, exact_duplicates, find_duplicates, undo_duplicate_actions
+from ..api import mapping
+from ..collection import knn, layout
 from ..config import CLASSIFY_K, NEGATIVE_WEIGHT
-from ..errors import ImageLoadError, IndexLockedError, InputError, NoLabelsError
+from ..errors import ExtraMissingError, ImageLoadError, ImgembedError, IndexLockedError, InputError, NoLabelsError
 from . import helpers as h
 from .state import REFRESH, ServerState
 
@@ -45,6 +46,14 @@ def not_found(state: ServerState, e: h.ImageNotFoundError):
 
 def locked(state: ServerState, e: IndexLockedError):
     return error(str(e), 409)
+
+
+def missing_extra(state: ServerState, e: ExtraMissingError):
+    return error(str(e), 501)
+
+
+def failed(state: ServerState, e: ImgembedError):
+    return error(str(e), 500)
 
 
 # --- the page and the collection ---
@@ -175,6 +184,51 @@ def undo(state: ServerState):
     return jsonify(report.to_dict())
 
 
+# --- the map and the audit: computed in the background, polled (202) until done ---
+
+def map_view(state: ServerState):
+    source = h.parse_source(request.args.get("index", 0), len(state.searcher.indexes))
+    idx = state.searcher.indexes[source]
+    store, directory = idx.store, idx.directory
+    n = store.count()
+    if n == 0:
+        raise InputError(f"{directory}: the index is empty: nothing to map")
+    if n >= layout.MIN_TSNE:
+        layout.require()  # at once, not after a 202
+
+    def compute(job):
+        return mapping.index_map(directory, progress=job.progress)
+
+    key = mapping.map_key(idx)
+    found, job = state.derived.get("map", source, key, compute, cached=lambda: mapping.cached_map_of(idx))
+    if job is not None:
+        return jsonify(job.to_dict()), 202
+    generation = store.generation()  # labels and moves change the points' labels and paths, not the layout
+    return jsonify(state.derived.memo(("map", source), (key, generation),
+                              lambda: h.map_json(found, store.rows_by_id(found.ids.tolist()), source)))
+
+
+def audit_view(state: ServerState):
+    source = h.parse_source(request.args.get("index", 0), len(state.searcher.indexes))
+    idx = state.searcher.indexes[source]
+    store, directory = idx.store, idx.directory
+    if store.count() == 0:
+        raise InputError(f"{directory}: the index is empty: nothing to audit")
+
+    def compute(job):
+        return audit(directory, progress=lambda done, total: job.progress("neighbours", done, total))
+
+    key = (store.generation(), store.id_summary())
+    report, job = state.derived.get("audit", source, key, compute)
+    if job is not None:
+        return jsonify(job.to_dict()), 202
+
+    def build():
+        rows = store.rows_by_id(store.ids().tolist())
+        return h.audit_json(report, {r.full_path: r for r in rows.values()}, source)
+    return jsonify(state.derived.memo(("audit", source), key, build))
+
+
 # (method, rule, view): each view is called with the state and the rule's variables
 ROUTES = [
     ("GET", "/", page),
@@ -187,6 +241,8 @@ ROUTES = [
     ("GET", "/api/duplicates", duplicates),
     ("POST", "/api/duplicates/act", act),
     ("POST", "/api/duplicates/undo", undo),
+    ("GET", "/api/map", map_view),
+    ("GET", "/api/audit", audit_view),
 ]
 
 # (HTTP status or exception class, handler): each handler is called with the state and the error
@@ -196,4 +252,6 @@ ERRORS = [
     (InputError, bad_input),
     (h.ImageNotFoundError, not_found),
     (IndexLockedError, locked),
+    (ExtraMissingError, missing_extra),
+    (ImgembedError, failed),
 ]

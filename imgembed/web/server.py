@@ -27,11 +27,23 @@ JSON API (``source`` is which of several ``--index`` holds an image, 0 for the f
 - ``POST /api/duplicates/act`` JSON ``{"index", "op": "trash"|"move"|"link", "move_to", "groups":
   [[id, ...], ...], "confirm": true}`` -> :meth:`ActionReport.to_dict`; ``POST
   /api/duplicates/undo`` JSON ``{"index"}`` -> the same for the undo
-- errors -> ``{"error": "one line"}`` with status 400 (bad input), 404 (no such image), 409 (the
-  index is being written), 413 (too large)
+- ``GET /api/map?index=SOURCE`` -> the map (:func:`imgembed.api.mapping.index_map`) as parallel
+  arrays, :func:`.helpers.map_json`: ``{"key", "count", "ids", "x", "y", "label", "labels",
+  "root", "roots", "path"}``; where it is not cached yet, ``202 {"status": "computing", "stage",
+  "done", "total"}`` while a background thread computes it (one per index; ask again to follow
+  it). A change to the index's rows (a duplicates action) makes a new key, and a new map
+- ``GET /api/audit?index=SOURCE`` -> the audit (:func:`imgembed.api.auditing.audit`,
+  :func:`.helpers.audit_json`): ``{"images", "labelled", "note", "counts", "thresholds",
+  "findings": [{"kind", "path", "label", "suggested", "score", "id", "thumbnail", "neighbours":
+  [...], "other"?}]}``, ranked within each kind; ``note`` says why an index without two labels
+  has no mislabels. Computed in the background like the map (202 meanwhile), kept until the
+  rows change
+- errors -> ``{"error": "one line"}`` with status 400 (bad input, an empty index), 404 (no such
+  image), 409 (the index is being written), 413 (too large), 501 (the map needs the ``map``
+  extra: ``pip install 'imgembed[map]'``), 500 (a background computation failed)
 
 The app is put together here; the routes and error handlers are in :mod:`.routes`, what they
-share in :mod:`.state`, what they are made of (parameters, look-ups, JSON shapes) in
+share in :mod:`.state` (the background maps and audits in :mod:`.derived`), what they are made of (parameters, look-ups, JSON shapes) in
 :mod:`.helpers`, the thumbnails in :mod:`.thumbnails`.
 """
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..api import Searcher
 from ..config import MAX_UPLOAD_MB
+from .derived import Derived
 from .thumbnails import Thumbnails
 
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
@@ -55,6 +56,7 @@ class ServerState:
     thumbnails: Thumbnails
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     gate: Gate = field(default_factory=Gate)
+    derived: Derived = field(default_factory=Derived)  # the maps and audits, computed in the background
     labelled: bool = field(init=False)  # asked per query, changed only by a refresh
 
     def __post_init__(self):
