@@ -2,9 +2,9 @@
 
 t-SNE (openTSNE, the ``map`` extra, imported only here and only when a layout is asked for),
 chosen over UMAP and PCA on bench/map_layout.py's labelled sets (docs/quality.md, "The map"):
-the most trustworthy layout on three sets of four and level on the fourth, the most of each
-image's 10 nearest neighbours kept nearest on the map on all four, and on 3,000 drawings twice
-as fast as UMAP.
+the most trustworthy layout on all four sets, the most of each image's 10 nearest neighbours
+kept nearest on the map on all four, labels as well or better kept on three (UMAP on digits),
+and on 3,000 drawings about twice as fast as UMAP.
 
 The affinities are built from neighbours the caller found (the index's own search, so that a
 large collection is searched the way every query is, with a progress bar): each image's
