@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from test_server import chrome, free_port, screenshot, wait_for
 
 from conftest import CLASSES, SAMPLES, copy_classes
-from test_server import chrome, free_port, screenshot, wait_for
 
 PLANTED = ("vehicles", "hummer_05.png", "fruit")  # moved from vehicles/ into fruit/
 COPIED = ("fruit", "pear.png", "fish")  # an exact copy of it filed under fish/
@@ -184,7 +184,7 @@ def test_map_and_audit_pages_in_a_real_browser(live, tmp_path):
     base, root = live
     planted = str(root / PLANTED[2] / PLANTED[1])
     browser = chrome()
-    css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)  # noqa: E731
+    css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)
     try:
         browser.get(base)
         browser.find_element(By.ID, "nav-map").click()
@@ -197,7 +197,7 @@ def test_map_and_audit_pages_in_a_real_browser(live, tmp_path):
         assert browser.execute_script("return new Set(mapView.data.ids.map((_, i) => pointColour(i))).size") == len(CLASSES)
         screenshot(browser, tmp_path, "map")
         # zoom with the wheel at the planted drawing: it stays under the cursor, thumbnails appear
-        at = lambda: browser.execute_script(  # noqa: E731
+        at = lambda: browser.execute_script(
             "return mapView.screenOf(mapView.data.ids[mapView.data.path.indexOf(arguments[0])])",
             f"{PLANTED[2]}/{PLANTED[1]}")
         x, y = at()

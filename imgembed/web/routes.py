@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 from flask import jsonify, request, send_file
 
-from ..api import act_on_duplicates, audit, exact_duplicates, find_duplicates, undo_duplicate_actions
-from ..api import mapping
+from ..api import act_on_duplicates, audit, exact_duplicates, find_duplicates, mapping, undo_duplicate_actions
 from ..collection import knn, layout
 from ..config import CLASSIFY_K, NEGATIVE_WEIGHT
 from ..errors import ExtraMissingError, ImageLoadError, ImgembedError, IndexLockedError, InputError, NoLabelsError
