@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..config import CLUSTER_RESOLUTION
-from .common import emit_json, html_options, index_option, json_option, write_page
+from .common import confirm, emit_json, html_options, index_option, json_option, report_failed, write_page
 
 
 @click.command("clusters")
@@ -63,17 +63,13 @@ def clusters_command(index_dir, everything, resolution, into, dry_run, yes, wait
         else:
             click.echo(f"dry run: would move {what}; nothing moved")
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise click.UsageError("--into moves files and asks for confirmation: pass --yes (or --dry-run to see "
-                                   "what would move)")
-        click.confirm(f"Move {what}?", abort=True)
+    confirm(yes, "--into moves files and asks for confirmation: pass --yes (or --dry-run to see what would move)",
+            f"Move {what}?")
     done = move_into(plan, wait=wait)
     if as_json:
         emit_json(plan.to_dict({a.src: reason for a, reason in done.failed}))
     else:
-        for _, reason in done.failed:
-            click.echo(f"not moved: {reason}", err=True)
+        report_failed(done.failed, "not moved")
         click.echo(f"moved {len(done.done)} of {plan.count} images into {len(plan.folders)} folders under "
                    f"{plan.into}; undo with: imgembed undo --index {index_dir}")
     if done.failed:

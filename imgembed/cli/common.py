@@ -132,6 +132,22 @@ def warn_problem(problem: str | None, index_dir: str) -> None:
                    f"`imgembed check --repair --index {index_dir}` fixes the file", err=True)
 
 
+def confirm(yes: bool, refusal: str, question: str) -> None:
+    """Ask ``question`` before files are touched, unless ``--yes`` was given; without a terminal
+    nobody can answer, so refuse with ``refusal`` (a usage error: exit 2)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError(refusal)
+    click.confirm(question, abort=True)
+
+
+def report_failed(failed, prefix: str) -> None:
+    """One stderr line per ``(action, reason)`` of a journalled run that did not happen."""
+    for _, reason in failed:
+        click.echo(f"{prefix}: {reason}", err=True)
+
+
 def emit_json(data) -> None:
     # ASCII escapes keep the output valid UTF-8 JSON even for file names that are not UTF-8
     click.echo(json.dumps(data, indent=2))

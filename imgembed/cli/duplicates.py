@@ -7,7 +7,18 @@ import sys
 import click
 
 from ..config import DEFAULT_KEEP, DUPLICATE_K, DUPLICATE_THRESHOLDS
-from .common import emit_json, gallery, html_options, index_option, json_option, quiet_option, stage_bar, write_page
+from .common import (
+    confirm,
+    emit_json,
+    gallery,
+    html_options,
+    index_option,
+    json_option,
+    quiet_option,
+    report_failed,
+    stage_bar,
+    write_page,
+)
 
 _ACTION_VERBS = {"trash": "Trash", "move": "Move", "link": "Hard-link"}
 _ACTION_PAST = {"trash": "trashed", "move": "moved", "link": "hard-linked"}
@@ -88,16 +99,13 @@ def duplicates(index_dir, exact, score, threshold, k, op, move_to, keep, prefer,
         elif not count:
             click.echo("nothing to do")
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise click.UsageError("acting on duplicates asks for confirmation: pass --yes (or --dry-run to see the plan)")
-        click.confirm(f"{_ACTION_VERBS[op]} {count} files?", abort=True)
+    confirm(yes, "acting on duplicates asks for confirmation: pass --yes (or --dry-run to see the plan)",
+            f"{_ACTION_VERBS[op]} {count} files?")
     report = act_on_duplicates(index_dir, groups, op, move_to=move_to, keep=rules, prefer=prefer, wait=wait)
     if as_json:
         emit_json(report.to_dict())
     else:
-        for a, reason in report.failed:
-            click.echo(f"not done: {reason}", err=True)
+        report_failed(report.failed, "not done")
         click.echo(f"{len(report.done)} files {_ACTION_PAST[op]}, {len(report.failed)} left as they were; "
                    f"undo with: imgembed undo --index {index_dir}")
     if report.failed:
@@ -125,8 +133,7 @@ def undo(journal, index_dir, wait, as_json):
     if as_json:
         emit_json(report.to_dict())
     else:
-        for a, reason in report.failed:
-            click.echo(f"not undone: {reason}", err=True)
+        report_failed(report.failed, "not undone")
         click.echo(f"{len(report.done)} actions undone ({report.journal}), {len(report.failed)} could not be")
     if report.failed:
         sys.exit(1)

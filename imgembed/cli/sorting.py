@@ -7,7 +7,17 @@ import sys
 import click
 
 from ..config import SORT_MIN_CONFIDENCE
-from .common import emit_json, index_option, json_option, precision_option, quiet_option, runtime_option, stage_bar
+from .common import (
+    confirm,
+    emit_json,
+    index_option,
+    json_option,
+    precision_option,
+    quiet_option,
+    report_failed,
+    runtime_option,
+    stage_bar,
+)
 
 
 @click.command("sort")
@@ -51,19 +61,15 @@ def sort_command(inbox, root, index_dir, min_confidence, dry_run, yes, wait, pre
         if as_json:
             emit_json([p.to_dict() for p in plan.proposals])
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise click.UsageError("sorting moves files and asks for confirmation: pass --yes (or --dry-run to see "
-                                   "the proposals)")
-        click.confirm(f"Move {len(moving)} images into {plan.root}?", abort=True)
+    confirm(yes, "sorting moves files and asks for confirmation: pass --yes (or --dry-run to see the proposals)",
+            f"Move {len(moving)} images into {plan.root}?")
     report = sort_inbox(plan, wait=wait)
     if as_json:
         failed = {a.src: reason for a, reason in report.failed}
         emit_json([{**p.to_dict(), "label": p.label if p.path not in failed else None,
                     **({"failed": failed[p.path]} if p.path in failed else {})} for p in plan.proposals])
     else:
-        for a, reason in report.failed:
-            click.echo(f"not moved: {reason}", err=True)
+        report_failed(report.failed, "not moved")
         click.echo(f"{len(report.done)} images moved into {plan.root}, {len(report.failed)} left where they were; "
                    f"undo with: imgembed undo --index {index_dir}")
     if report.failed:
