@@ -127,7 +127,7 @@ def use_weights(data: Path) -> None:
     from imgembed.model import efficientnet_lite, lite_arch
 
     path = str(min(data.glob("*.pth")))  # prepare writes one; the first by name
-    lite_arch.packaged_weights_path = efficientnet_lite.packaged_weights_path = lambda: path
+    lite_arch.packaged_weights_path = efficientnet_lite.packaged_weights_path = lambda *_: path  # Lite0 only
 
 
 def load_sets(data: Path, names: list[str], per_class: int | None):

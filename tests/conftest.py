@@ -113,5 +113,24 @@ def run_cli(*args, env=None, check=True, cwd=None):
     return proc
 
 
+# A subprocess in which torch (and, with `block`, other modules) cannot be imported, as in an
+# install without the train extra.
+NO_TORCH = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+            "for name in {block!r}: sys.modules[name] = None\n"
+            "from imgembed.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    sys.exit(e.code)\n")
+
+
+def without_torch(*args, cache, check=True, block=()):
+    """Run the real CLI where torch and the modules in ``block`` cannot be imported, with the
+    model cache ``cache``; return CompletedProcess with text output."""
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(block=tuple(block)), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
+                          env={**os.environ, "IMGEMBED_MODEL_CACHE": str(cache)})
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def run_json(*args, **kw):
     return json.loads(run_cli(*args, "--json", **kw).stdout)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import QUERIES, ROOT, SAMPLES, run_cli
+from conftest import QUERIES, ROOT, SAMPLES, run_cli, without_torch
 
 torch = pytest.importorskip("torch")
 
@@ -18,19 +18,6 @@ from imgembed.api import embed, load_model  # noqa: E402
 from imgembed.errors import ModelError  # noqa: E402
 from imgembed.inference import runtime  # noqa: E402
 from imgembed.model import lite_arch, lite_onnx, torchfile  # noqa: E402
-
-# A subprocess in which torch cannot be imported, as in an install without the train extra.
-NO_TORCH = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-            "from imgembed.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    sys.exit(e.code)\n")
-
-
-def without_torch(*args, cache, check=True):
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600, env={**__import__("os").environ, "IMGEMBED_MODEL_CACHE": str(cache)})
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def test_torch_files_read_bit_for_bit_as_torch_reads_them(tmp_path):

