@@ -66,9 +66,8 @@ def aqe(queries: np.ndarray, db: np.ndarray, m: int, b: float) -> np.ndarray:
 
 
 def loo(queries: np.ndarray, db: np.ndarray, labels: np.ndarray) -> dict:
-    from imgembed.collection.metrics import retrieval_metrics
-
-    # leave-one-out with distinct query and database vectors: mask each query's own entry
+    """mAP@R and P@1 as imgembed.collection.metrics defines them (ties by index), leave-one-out
+    with distinct query and database vectors: row i never finds database entry i."""
     lab = np.asarray(labels)
     maps, p1 = [], []
     sims = queries @ db.T
@@ -81,7 +80,6 @@ def loo(queries: np.ndarray, db: np.ndarray, labels: np.ndarray) -> dict:
         hits = lab[order[i, :r]] == lab[i]
         maps.append(float((np.cumsum(hits) / np.arange(1, r + 1) * hits).sum() / r))
         p1.append(bool(hits[0]))
-    del retrieval_metrics
     return {"map": float(np.mean(maps)), "p1": float(np.mean(p1))}
 
 
