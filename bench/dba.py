@@ -134,8 +134,9 @@ def main() -> None:
           " | ".join(f"{n} mAP@R" for n in results) + " |")
     print("|---" * (5 + len(results)) + "|")
     for m in ["raw"] + [m for m in ranked if m != "raw"][:15]:
+        per_set = " | ".join(f"{results[n]['rows'][m]['map']:.3f}" for n in results)
         print(f"| {m} | {mean(tuning, m, 'map'):.3f} | {mean(tuning, m, 'p1'):.3f} | {mean(held, m, 'map'):.3f} | "
-              f"{mean(held, m, 'p1'):.3f} | " + " | ".join(f"{results[n]['rows'][m]['map']:.3f}" for n in results) + " |")
+              f"{mean(held, m, 'p1'):.3f} | {per_set} |")
 
 
 if __name__ == "__main__":
