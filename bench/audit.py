@@ -160,22 +160,13 @@ def grid(paths: list[str], vectors: np.ndarray, labels: list[str], planted: set[
 
 
 def knn_vote(paths: list[str], vectors: np.ndarray, labels: list[str], planted: set[str], k: int = 10) -> dict:
-    from imgembed.collection.audit import label_codes
+    from imgembed.collection.audit import label_codes, vote_shares
 
     codes, classes = label_codes(labels)
-    x = vectors.astype(np.float64)
-    sims = x @ x.T
-    np.fill_diagonal(sims, -np.inf)
-    nb = np.argsort(-sims, 1)[:, :k]
-    votes = np.zeros((len(x), len(classes)))
-    np.add.at(votes, (np.repeat(np.arange(len(x)), k), codes[nb].ravel()),
-              np.maximum(np.take_along_axis(sims, nb, 1), 0).ravel())
-    sizes = np.tile(np.bincount(codes, minlength=len(classes)).astype(float), (len(x), 1))
-    sizes[np.arange(len(x)), codes] -= 1
-    shares = votes / np.maximum(sizes, 1)
-    shares /= np.maximum(shares.sum(1, keepdims=True), 1e-12)
-    own = shares[np.arange(len(x)), codes].copy()
-    shares[np.arange(len(x)), codes] = -np.inf
+    shares = vote_shares(exact_graph(vectors, k), codes, len(classes))
+    rows = np.arange(len(codes))
+    own = shares[rows, codes].copy()
+    shares[rows, codes] = -np.inf
     return ranked_by(paths, shares.max(1) - own, 0.0, planted)
 
 

@@ -47,6 +47,7 @@ from quality import (
     knn_and_map,
     methods_on,
     open_metrics,
+    open_split,
     queries_of,
     splits,
 )
@@ -124,11 +125,7 @@ def measure(x: np.ndarray, labels, classes, seed: int) -> dict:
         for method, fn in methods_on(None, feats, "default", gal, labels, classes, None).items():
             if method != "legacy":
                 row[method] = knn_and_map(fn(queries), labels[queries], fn(gal), labels[gal])
-    rng = np.random.default_rng(seed + 1)  # quality.py's open set: half of the classes fitted on
-    perm = rng.permutation(np.unique(labels))
-    seen, unseen = perm[:len(classes) // 2], perm[len(classes) // 2:]
-    fit_idx = np.array(sorted(i for c in seen for i in order[int(c)][:30]))
-    eval_idx = np.flatnonzero(np.isin(labels, unseen))
+    fit_idx, eval_idx = open_split(labels, classes, order, seed)
     for method, fn in methods_on(None, feats, "default", fit_idx, labels, classes, None).items():
         if method != "legacy":
             res["open"][method] = open_metrics(fn(eval_idx), labels[eval_idx])
@@ -209,13 +206,7 @@ def main() -> None:
         print(report(json.loads(Path(args.report).read_text())))
         return
     t0 = time.perf_counter()
-    sets = {}
-    for name in args.sets:
-        got = quality_data.labelled(name)
-        if got is None:
-            print(f"{name}: not available, left out")
-            continue
-        sets[name] = got
+    sets = quality_data.available(args.sets)
     feats = {short: Features(short) for short in BACKBONES}
     results = {"seeds": args.seeds, "max_pixels": MAX_PIXELS,
                "models": {s: {"runtime": f.model.runtime, "identity": f.model.identity} for s, f in feats.items()},

@@ -238,6 +238,16 @@ def splits(labels, seed):
     return {c: rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
 
 
+def open_split(labels, classes, order, seed):
+    """The open set's ``(fit_idx, eval_idx)``: a seeded half of the classes is fitted on (up to 30
+    images each, in ``order``), the other half searched leave-one-out."""
+    rng = np.random.default_rng(seed + 1)
+    perm = rng.permutation(np.unique(labels))
+    seen, unseen = perm[:len(classes) // 2], perm[len(classes) // 2:]
+    fit_idx = np.array(sorted(i for c in seen for i in order[int(c)][:30]))
+    return fit_idx, np.flatnonzero(np.isin(labels, unseen))
+
+
 def gallery_of(order, shots):
     return np.array(sorted(i for m in order.values() for i in m[:shots]))
 
@@ -370,13 +380,7 @@ def main() -> None:
 
     default_variant = f"{LITE0_FIT}{LITE0_SIZE}"
     results = {"sets": {}, "default": {"fit": LITE0_FIT, "size": LITE0_SIZE, "pooling": LITE0_POOLING}}
-    sets = {}
-    for name in args.sets:
-        got = quality_data.labelled(name)
-        if got is None:
-            print(f"{name}: not available, left out")
-            continue
-        sets[name] = got
+    sets = quality_data.available(args.sets)
     variants = list(VARIANTS) if args.variants else sorted({"crop224", default_variant})
     if args.instance_only:
         results = json.loads(Path(args.out).read_text())
@@ -424,11 +428,7 @@ def main() -> None:
                                                    for m in METHODS
                                                    if m in row), flush=True)
         # open set: half of the classes train, the other half is searched leave-one-out
-        rng = np.random.default_rng(args.seed + 1)
-        perm = rng.permutation(np.unique(labels))
-        seen, unseen = perm[:len(classes) // 2], perm[len(classes) // 2:]
-        fit_idx = np.array(sorted(i for c in seen for i in order[int(c)][:30]))
-        eval_idx = np.flatnonzero(np.isin(labels, unseen))
+        fit_idx, eval_idx = open_split(labels, classes, order, args.seed)
         row = res["open"]
         for method, fn in methods_on(name, feats, "default", fit_idx, labels, classes, None).items():
             row[method] = open_metrics(fn(eval_idx), labels[eval_idx])

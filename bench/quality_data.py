@@ -129,6 +129,19 @@ KIND = {"clipart": "drawings", "clipart-top": "drawings", "fashion": "photos", "
         "photos": "photos"}
 
 
+def available(names) -> dict[str, tuple[list[Path], np.ndarray, list[str]]]:
+    """:func:`labelled` of each set in ``names`` that can be had here, by name; the others are
+    left out, saying so."""
+    sets = {}
+    for name in names:
+        got = labelled(name)
+        if got is None:
+            print(f"{name}: not available, left out")
+            continue
+        sets[name] = got
+    return sets
+
+
 def labelled(name: str) -> tuple[list[Path], np.ndarray, list[str]] | None:
     """``(paths, labels, classes)`` of set ``name``, built on first use; None if unavailable."""
     dest = BUILDERS[name](ROOT / name)
