@@ -340,6 +340,7 @@ def product(name: str, params: dict) -> dict:
     """``auto`` through ``ImageIndex`` as `imgembed index` builds it: the self-check's own result,
     then held-out queries through ``ImageIndex.search``."""
     from imgembed.index import ImageIndex
+    from imgembed.index.expansion import NONE
     from imgembed.index.store import NewImage
 
     print(f"{name} (held out, product path): {params}", flush=True)
@@ -352,7 +353,8 @@ def product(name: str, params: dict) -> dict:
     identity = {"backbone": f"bench:{name}", "weights": "none", "head": None, "checkpoint": None, "dim": DIM,
                 "preprocess": {"resize": 1, "crop": 1, "mean": [0, 0, 0], "std": [1, 1, 1]}}
     start = time.perf_counter()
-    with ImageIndex.open_for_write(directory, identity, {}, "auto") as idx:
+    with ImageIndex.open_for_write(directory, identity, {}, "auto",
+                                   expansion=NONE) as idx:  # raw search is what is measured
         for lo in range(0, N, 50_000):
             idx.commit(add=[NewImage("/bench", str(lo + i), None, 0, 0, "", 1, 1, v)
                             for i, v in enumerate(base[lo:lo + 50_000])])

@@ -1,21 +1,32 @@
-"""Database-side augmentation (DBA) and alpha query expansion (aQE) on category retrieval: the
-study behind the search choices of issue 26, on stored vectors, before any of it is in the index.
+"""Search that uses the collection: database-side augmentation (DBA) and alpha query expansion
+(aQE), measured as `imgembed search` ranks (imgembed.index.expansion), to choose their defaults.
 
-    .venv/bin/python bench/dba.py [--backbone efficientnet_lite0] [--sets clipart fashion ...]
+    .venv/bin/python bench/dba.py                      # grid, defaults, checks: about 10 min
+    .venv/bin/python bench/dba.py --sets clipart fashion --quick
 
-Each labelled set of bench/quality_data.py is one whole index: every image is a query against
-all the others (leave-one-out), as `imgembed search` would answer it, and the metrics are
-mAP@R and P@1 by category (imgembed.collection.metrics). The vectors are the product's own
-(bench/backbone_quality.py's cache, built by running that script first).
+Protocol (issue 26's check): each labelled set is one whole index of the product's own vectors
+(Lite0 through the torch-free path, bench/backbone_quality.py's cache; missing files are
+embedded first); every image is searched with its raw vector, as `imgembed search FILE` does,
+the index still holding it; its own entry is dropped from the ranking, and mAP@R and P@1 by
+category are computed on the rest (R = the other images of its class).
 
-- ``dba k=K a=A``: each stored vector replaced by the normalised sum of itself and its K nearest
-  others, each weighted by max(cos, 0)^A (A = 0: a plain mean), computed once on the raw vectors;
-  queries stay raw.
-- ``+aqe m=M b=B``: the query replaced by the normalised sum of itself and its M best hits in
-  the (augmented) database, weighted by max(cos, 0)^B, then searched again.
+- ``dba k a``: each stored vector becomes normalise(x + sum_j max(cos, 0)^a x_j) over its k
+  nearest others; the query stays raw. ``aqe m b``: the query becomes normalise(q + sum_t
+  max(s_t, 0)^b x'_t) over its m best augmented hits (its own entry among them, as in the
+  product), then is searched again.
+- ``exact`` ranks every stored vector; the product ranks the raw search's best ``--shortlist``
+  candidates by their augmented vectors (expansion.SHORTLIST), reported for the chosen method.
 
-``TUNE`` sets (quality.py's: clipart, fashion) choose; ``HELD_OUT`` ones only confirm. Results:
-bench/data/dba/results.json and the table printed.
+Sets: ``TUNE`` (clipart, fashion: bench/quality.py's tuning sets) choose; ``HELD_OUT``
+(clipart-top, digits, photos, and the emoji of bench/sort_data.py drawn by Twemoji, OpenMoji
+and Noto, one set per style, 28 Unicode subgroups; the three held-out-3 styles with their 10
+subgroups pooled as one set) only confirm. Checks that must not move, for the defaults:
+- instance: bench/quality.py's altered copies of drawings and photographs among their
+  originals and distractors, rank-1 of the original (the gallery augmented, the copy expanded);
+- other style: all 662 emoji in three styles as one index; each image searched, is rank 1
+  (itself left out) the same emoji in another style?
+Near-duplicates, ``compare`` and ``classify`` read the raw vectors, which expansion leaves as
+they are (tests/test_expansion.py). Results: bench/data/dba/results.json and tables printed.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,112 +43,236 @@ from quality_data import HERE
 
 sys.path.insert(0, str(HERE.parent))
 
+from imgembed.index.expansion import DEFAULT, SHORTLIST, Expansion, augment, expand, normalise, scores  # noqa: E402
+
 OUT = HERE / "data" / "dba"
+RENDERS = HERE / "data" / "sort" / "render"
 TUNE = ("clipart", "fashion")
-HELD_OUT = ("clipart-top", "digits", "photos")
-DBA_GRID = [(k, a) for k in (1, 2, 3, 5, 10) for a in (0, 3)]
-AQE_GRID = [(m, b) for m in (1, 2, 3, 5) for b in (0, 3)]
+HELD_OUT = ("clipart-top", "digits", "photos", "emoji-twemoji", "emoji-openmoji", "emoji-noto", "emoji-3")
+EMOJI = {"emoji-twemoji": ["twemoji"], "emoji-openmoji": ["openmoji"], "emoji-noto": ["noto"],
+         "emoji-3": ["held-out-3/fluent-flat", "held-out-3/emojione", "held-out-3/emojione-v1"]}
+GRID = [Expansion()] + [Expansion(k, 3.0, m, 0.0, mix) for k in (5, 10, 20) for m in (0, 3, 5)
+                        for mix in (0.3, 0.5, 0.7, 1.0)]
+QUICK = [Expansion(), Expansion(10, 3.0, mix=1.0), DEFAULT]
+CHUNK = 256
 
 
-def l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+# -- data -------------------------------------------------------------------------------------
+
+def emoji_set(name: str) -> tuple[list[Path], np.ndarray] | None:
+    """One labelled set of emoji renders: class = Unicode subgroup."""
+    labels, paths = [], []
+    for style in EMOJI[name]:
+        folder = RENDERS / style
+        classes = json.loads((folder.parent / "classes.json").read_text()) if folder.is_dir() else None
+        if classes is None:
+            return None
+        for half in sorted(classes):
+            for group, codes in sorted(classes[half].items()):
+                for code in codes:
+                    if (folder / f"{code}.png").is_file():
+                        paths.append(folder / f"{code}.png")
+                        labels.append(group)
+    return (paths, np.array(labels)) if paths else None
 
 
-def neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k nearest other rows (positions, cosines), best first."""
-    sims = x @ x.T
-    np.fill_diagonal(sims, -np.inf)
-    nb = np.argsort(-sims, 1)[:, :k]
-    return nb, np.take_along_axis(sims, nb, 1)
+def labelled(name: str) -> tuple[list[Path], np.ndarray] | None:
+    if name in EMOJI:
+        return emoji_set(name)
+    got = quality_data.labelled(name)
+    return (got[0], got[1]) if got else None
 
 
-def dba(x: np.ndarray, k: int, a: float) -> np.ndarray:
-    nb, cs = neighbours(x, k)
-    w = np.maximum(cs, 0.0) ** a
-    return l2n(x + (w[:, :, None] * x[nb]).sum(1))
+class Vectors:
+    """The product's Lite0 vectors of files, by bench/backbone_quality.py's cache."""
+
+    def __init__(self):
+        from backbone_quality import Features
+        self.features = Features("lite0")
+
+    def __call__(self, paths) -> np.ndarray:
+        return normalise(self.features.files(paths))
 
 
-def aqe(queries: np.ndarray, db: np.ndarray, m: int, b: float) -> np.ndarray:
-    """Leave-one-out: query i never expands with its own database entry."""
-    sims = queries @ db.T
-    np.fill_diagonal(sims, -np.inf)
-    top = np.argsort(-sims, 1)[:, :m]
-    w = np.maximum(np.take_along_axis(sims, top, 1), 0.0) ** b
-    return l2n(queries + (w[:, :, None] * db[top]).sum(1))
+# -- the product's ranking, on a whole set --------------------------------------------------
+
+def augmented(x: np.ndarray, e: Expansion) -> np.ndarray:
+    """Every stored vector's DBA (exact k nearest others, as a flat index's lists)."""
+    if not e.k:
+        return x
+    out = np.empty_like(x)
+    for s in range(0, len(x), CHUNK):
+        sims = x[s:s + CHUNK] @ x.T
+        sims[np.arange(len(sims)), s + np.arange(len(sims))] = -np.inf
+        nb = np.argsort(-sims, 1, kind="stable")[:, :e.k]
+        out[s:s + CHUNK] = augment(x[s:s + CHUNK], x[nb], np.take_along_axis(sims, nb, 1), e.alpha)
+    return out
 
 
-def loo(queries: np.ndarray, db: np.ndarray, labels: np.ndarray) -> dict:
-    """mAP@R and P@1 as imgembed.collection.metrics defines them (ties by index), leave-one-out
-    with distinct query and database vectors: row i never finds database entry i."""
-    lab = np.asarray(labels)
+def rankings(x: np.ndarray, db: np.ndarray, e: Expansion, queries: np.ndarray | None = None,
+             shortlist: int | None = None, depth: int = 100) -> np.ndarray:
+    """The first ``depth`` stored positions of each query's search (raw queries, the index holding
+    ``x`` raw and ``db`` augmented), as the product ranks them: ``shortlist`` None ranks all."""
+    queries = x if queries is None else queries
+    out = np.full((len(queries), depth), -1, np.int64)  # -1: past the shortlist
+    for s in range(0, len(queries), CHUNK):
+        q = queries[s:s + CHUNK]
+        order, best = _rank(q, q, x, db, e, shortlist)
+        if e.m:
+            expanded = expand(q, db[order[:, :e.m]], best[:, :e.m], e.beta)
+            order, best = _rank(q, expanded, x, db, e, shortlist)
+        out[s:s + CHUNK, :min(depth, order.shape[1])] = order[:, :depth]
+    return out
+
+
+def _rank(q: np.ndarray, expanded: np.ndarray, x: np.ndarray, db: np.ndarray, e: Expansion, shortlist: int | None):
+    """Positions best first and their scores: the raw search of ``expanded`` gives the shortlist
+    (all when None), which is ranked by :func:`expansion.scores`."""
+    db = db if e.active else x
+    if shortlist is None:  # expansion.scores over every stored vector at once
+        got = (1.0 - e.mix) * (q @ x.T) + e.mix * (expanded @ db.T)
+        order = np.argsort(-got, 1, kind="stable")
+        return order, np.take_along_axis(got, order, 1)
+    cand = np.argsort(-(expanded @ x.T), 1, kind="stable")[:, :shortlist]
+    got = scores(np.einsum("qd,qcd->qc", q, x[cand]), expanded, db[cand], e.mix)
+    order = np.argsort(-got, 1, kind="stable")
+    return np.take_along_axis(cand, order, 1), np.take_along_axis(got, order, 1)
+
+
+def category_metrics(ranked: np.ndarray, labels: np.ndarray) -> dict:
+    """mAP@R and P@1 with each query's own entry dropped from its ranking."""
     maps, p1 = [], []
-    sims = queries @ db.T
-    np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, 1, kind="stable")
-    for i in range(len(lab)):
-        r = int((lab == lab[i]).sum()) - 1
+    for i, row in enumerate(ranked):
+        row = row[(row != i) & (row >= 0)]
+        r = int((labels == labels[i]).sum()) - 1
         if r <= 0:
             continue
-        hits = lab[order[i, :r]] == lab[i]
-        maps.append(float((np.cumsum(hits) / np.arange(1, r + 1) * hits).sum() / r))
+        hits = labels[row[:r]] == labels[i]
+        maps.append(float((np.cumsum(hits) / np.arange(1, len(hits) + 1) * hits).sum() / r))
         p1.append(bool(hits[0]))
     return {"map": float(np.mean(maps)), "p1": float(np.mean(p1))}
 
 
-def vectors_of(backbone: str, paths: list[Path]) -> np.ndarray | None:
-    cache = HERE / "data" / "backbones" / f"features-{backbone}.npz"
-    if not cache.is_file():
-        return None
-    data = np.load(cache)
-    where = {str(p): i for i, p in enumerate(data["paths"])}
-    rows = [where.get(str(Path(p).resolve())) for p in paths]
-    if any(r is None for r in rows):
-        return None
-    return data["vectors"][rows].astype(np.float64)
+def measure(x: np.ndarray, labels: np.ndarray, e: Expansion, shortlist: int | None = None) -> dict:
+    depth = min(len(x), int(max(np.unique(labels, return_counts=True)[1])) + 1)
+    return category_metrics(rankings(x, augmented(x, e), e, shortlist=shortlist, depth=depth), labels)
 
+
+# -- checks that must not move --------------------------------------------------------------
+
+def instance_sets(vectors: Vectors, seed: int = 0) -> dict:
+    """bench/quality.py's instance protocol (its originals, altered copies and distractors), by
+    kind: ``(gallery, copies, truth)`` of this model's unit vectors, the gallery's first images
+    the originals and ``truth`` each copy's original."""
+    import quality
+
+    got: dict = {}
+
+    def cached(key, items, variant):  # instance() asks for each kind's gallery, then its copies
+        kind, part = key.split("-")[1], key.rsplit("-", 1)[1]
+        x = vectors.features.files(items) if part == "gallery" else vectors.features.images(key, items)
+        got.setdefault(kind, {})[part] = normalise(x)
+        return {p: x for p in quality.POOLINGS}
+
+    saved = quality.cached
+    quality.cached = cached
+    try:
+        quality.instance(quality_data.available(TUNE + ("clipart-top", "digits", "photos")),
+                         ["crop224", "model"], "model", quality.POOLINGS[0], seed)  # both: this model
+    finally:
+        quality.cached = saved
+    per = len(quality.ALTERATIONS)  # copies come original by original, one per alteration
+    return {kind: (d["gallery"], d["copies"], np.arange(len(d["copies"])) // per) for kind, d in got.items()}
+
+
+def instance_rank1(instance: dict, e: Expansion) -> dict:
+    """Rank-1 of each altered copy's original, searched as the product would."""
+    out = {}
+    for kind, (gallery, copies, truth) in instance.items():
+        first = rankings(gallery, augmented(gallery, e), e, queries=copies, shortlist=SHORTLIST, depth=1)[:, 0]
+        out[kind] = float((first == truth).mean())
+    return out
+
+
+def other_style_rank1(vectors: Vectors, e: Expansion) -> dict:
+    """All emoji of three styles as one index: rank 1 (itself left out) is the same emoji drawn
+    in another style."""
+    paths, codes = [], []
+    for style in ("twemoji", "openmoji", "noto"):
+        for p in sorted((RENDERS / style).glob("*.png")):
+            paths.append(p)
+            codes.append(p.stem)
+    if not paths:
+        return {}
+    x, codes = vectors(paths), np.array(codes)
+    ranked = rankings(x, augmented(x, e), e, shortlist=SHORTLIST, depth=2)
+    first = np.where(ranked[:, 0] == np.arange(len(x)), ranked[:, 1], ranked[:, 0])
+    has_twin = np.array([(codes == c).sum() > 1 for c in codes])
+    return {"images": int(has_twin.sum()), "rank1": float((codes[first] == codes)[has_twin].mean())}
+
+
+# -- report -----------------------------------------------------------------------------------
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--sets", nargs="*", default=list(TUNE + HELD_OUT))
+    ap.add_argument("--quick", action="store_true", help="Only raw, DBA k=10 and the defaults: no grid.")
+    ap.add_argument("--shortlist", type=int, nargs="*", default=[100, SHORTLIST, 400])
     args = ap.parse_args()
-    results = {}
+    t0 = time.perf_counter()
+    vectors = Vectors()
+    grid = QUICK if args.quick else GRID
+    results: dict = {"sets": {}, "default": DEFAULT.to_dict()}
     for name in args.sets:
-        got = quality_data.labelled(name)
-        x = vectors_of(args.backbone, got[0]) if got else None
-        if x is None:
-            print(f"{name}: no cached vectors (run bench/backbone_quality.py first); skipped", file=sys.stderr)
+        got = labelled(name)
+        if got is None:
+            print(f"{name}: not available here; left out", file=sys.stderr)
             continue
-        labels = got[1]
-        x = l2n(x)
-        row = {"raw": loo(x, x, labels)}
-        for k, a in DBA_GRID:
-            db = dba(x, k, a)
-            row[f"dba k={k} a={a}"] = loo(x, db, labels)
-            if (k, a) in ((1, 0), (2, 0), (3, 3), (5, 3)):
-                for m, b in AQE_GRID:
-                    row[f"dba k={k} a={a} +aqe m={m} b={b}"] = loo(aqe(x, db, m, b), db, labels)
-        for m, b in AQE_GRID:
-            row[f"aqe m={m} b={b}"] = loo(aqe(x, x, m, b), x, labels)
-        results[name] = {"role": "tuning" if name in TUNE else "held-out", "images": len(x), "rows": row}
-        print(name, len(x), f"raw {row['raw']['map']:.3f}", flush=True)
+        paths, labels = got
+        x = vectors(paths)
+        row = {e.describe(): measure(x, labels, e) for e in grid}
+        for s in args.shortlist:
+            row[f"{DEFAULT.describe()} / shortlist {s}"] = measure(x, labels, DEFAULT, shortlist=s)
+        results["sets"][name] = {"role": "tuning" if name in TUNE else "held-out", "images": len(x), "rows": row}
+        print(f"{name} ({len(x)} images): raw {row[Expansion().describe()]['map']:.3f}, default "
+              f"{row[DEFAULT.describe()]['map']:.3f}", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=1))  # the checks come next
+    checks, instance = {}, instance_sets(vectors)
+    for e in grid:
+        checks[e.describe()] = {"instance": instance_rank1(instance, e), "other_style": other_style_rank1(vectors, e)}
+        print(e.describe(), checks[e.describe()], flush=True)
+    results["checks"] = checks
+    results["seconds"] = round(time.perf_counter() - t0, 1)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
-    tuning = [n for n in results if results[n]["role"] == "tuning"]
-    held = [n for n in results if results[n]["role"] == "held-out"]
-    methods = list(next(iter(results.values()))["rows"])
+    print(report(results))
+
+
+def report(results: dict) -> str:
+    sets = results["sets"]
+    tuning = [n for n in sets if sets[n]["role"] == "tuning"]
+    held = [n for n in sets if sets[n]["role"] == "held-out"]
+    methods = list(next(iter(sets.values()))["rows"])
 
     def mean(names, m, key):
-        return float(np.mean([results[n]["rows"][m][key] for n in names])) if names else float("nan")
+        return float(np.mean([sets[n]["rows"][m][key] for n in names])) if names else float("nan")
 
+    raw = Expansion().describe()
     ranked = sorted(methods, key=lambda m: -mean(tuning, m, "map"))
-    print("| method | tuning mAP@R | tuning P@1 | held-out mAP@R | held-out P@1 | " +
-          " | ".join(f"{n} mAP@R" for n in results) + " |")
-    print("|---" * (5 + len(results)) + "|")
-    for m in ["raw"] + [m for m in ranked if m != "raw"][:15]:
-        per_set = " | ".join(f"{results[n]['rows'][m]['map']:.3f}" for n in results)
-        print(f"| {m} | {mean(tuning, m, 'map'):.3f} | {mean(tuning, m, 'p1'):.3f} | {mean(held, m, 'map'):.3f} | "
-              f"{mean(held, m, 'p1'):.3f} | {per_set} |")
+    lines = ["| method | tuning mAP@R | tuning P@1 | held-out mAP@R | held-out P@1 | "
+             + " | ".join(sets) + " |", "|---" * (5 + len(sets)) + "|"]
+    shown = [raw, DEFAULT.describe()] + [m for m in ranked if m not in (raw, DEFAULT.describe())][:12]
+    for m in shown:
+        lines.append(f"| {m} | {mean(tuning, m, 'map'):.3f} | {mean(tuning, m, 'p1'):.3f} | "
+                     f"{mean(held, m, 'map'):.3f} | {mean(held, m, 'p1'):.3f} | "
+                     + " | ".join(f"{sets[n]['rows'][m]['map']:.3f}" for n in sets) + " |")
+    lines += ["", "| checks | instance drawings | instance photos | other style rank-1 |", "|---|---|---|---|"]
+    for m, c in results.get("checks", {}).items():
+        inst = c["instance"]
+        lines.append(f"| {m} | {inst.get('drawings', float('nan')):.3f} | {inst.get('photos', float('nan')):.3f} | "
+                     f"{c['other_style'].get('rank1', float('nan')):.3f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ CHECKPOINT = HERE / "data" / "fashion-mnist" / "models" / "fmnist-mlp1024-128-tr
 def build(directory: Path, n: int) -> None:
     from imgembed.api import embed, load_model
     from imgembed.index import ImageIndex
+    from imgembed.index.expansion import NONE
     from imgembed.index.store import NewImage
 
     marker = directory / ".complete"
@@ -45,7 +46,8 @@ def build(directory: Path, n: int) -> None:
     real = embed(model, photos)
     synthetic = clustered(n - len(photos), model.dim, seed=1)
     t0 = time.perf_counter()
-    with ImageIndex.open_for_write(directory, model.identity, model.source, "auto") as idx:
+    with ImageIndex.open_for_write(directory, model.identity, model.source, "auto",
+                                   expansion=NONE) as idx:  # raw search is what is measured
         rows = [NewImage(str(p.parent), p.name, None, 0, 0, "", 4000, 3000, v) for p, v in zip(photos, real)]
         idx.commit(add=rows)
         for start in range(0, len(synthetic), 50_000):

@@ -73,6 +73,7 @@ def make(name: str, n: int, dim: int, seed: int) -> np.ndarray:
 
 def check(name: str, base: np.ndarray, held_out: np.ndarray, index_type: str) -> dict:
     from imgembed.index import ImageIndex
+    from imgembed.index.expansion import NONE
     from imgembed.index.store import NewImage
 
     n, dim = base.shape
@@ -81,7 +82,8 @@ def check(name: str, base: np.ndarray, held_out: np.ndarray, index_type: str) ->
     identity = {"backbone": f"bench:{name}", "weights": "none", "head": None, "checkpoint": None, "dim": dim,
                 "preprocess": {"resize": 1, "crop": 1, "mean": [0, 0, 0], "std": [1, 1, 1]}}
     t0 = time.perf_counter()
-    with ImageIndex.open_for_write(directory, identity, {}, index_type) as idx:
+    with ImageIndex.open_for_write(directory, identity, {}, index_type,
+                                   expansion=NONE) as idx:  # raw search is what is measured
         for start in range(0, n, 50_000):
             idx.commit(add=[NewImage("/bench", f"{start + i}", None, 0, 0, "", 1, 1, v)
                             for i, v in enumerate(base[start:start + 50_000])])

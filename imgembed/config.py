@@ -27,6 +27,7 @@ KEEP_RULES = ("resolution", "size", "oldest", "newest")  # which copy of a dupli
 DEFAULT_KEEP = ("resolution", "size", "oldest")
 NEGATIVE_WEIGHT = 0.25  # counter-examples' pull in a combined query (imgembed.collection.knn.combine)
 SEARCH_K = 10  # results per query
+EXPANSIONS = ("index", "none", "dba", "dba+aqe")  # how `search` ranks (imgembed.api.Searcher)
 CLASSIFY_K = 5  # neighbours that vote on a label (classify, and evaluate's k-NN accuracy)
 DUPLICATE_K = 10  # neighbours examined per image for near-duplicates (imgembed.collection.dedup)
 # near-duplicate score -> default threshold, each chosen from the curves of bench/duplicates.py

@@ -87,12 +87,23 @@ def copy_classes(dest, *classes):
 def downgrade(database, version):
     """Turn a metadata.sqlite written by today's code into what schema ``version`` was, as the
     releases of that version wrote it: drop what each later step added, newest first, and record
-    ``version``. Rows keep their ids, paths and vectors."""
+    ``version``. Rows keep their ids, paths and vectors. Below version 4 the manifest beside it
+    loses its search expansion too, which those releases did not write."""
     from imgembed.index.store import SCHEMA_VERSION
 
-    assert SCHEMA_VERSION == 3, "downgrade() knows schema versions 1 to 3: teach it what the new step adds"
+    assert SCHEMA_VERSION == 4, "downgrade() knows schema versions 1 to 4: teach it what the new step adds"
     db = sqlite3.connect(database)
     with db:
+        if version < 4:  # search expansion
+            for name in ("neighbours_nb", "neighbours_id"):
+                db.execute(f"DROP INDEX IF EXISTS {name}")
+            db.execute("DROP TABLE IF EXISTS neighbours")
+            db.execute("DROP TABLE IF EXISTS augmented")
+            manifest = Path(database).parent / "manifest.json"
+            if manifest.is_file():
+                data = json.loads(manifest.read_text())
+                data.pop("expansion", None)
+                manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         if version < 3:  # tombstones
             db.execute("DROP INDEX IF EXISTS removed_hash")
             db.execute("DROP TABLE IF EXISTS removed")

@@ -3,7 +3,7 @@
 
 The schemas below are written out from the history of imgembed/index/store.py, not taken from
 it: version 1 is what the first release created, 2 added images.phash (perceptual hashes), 3
-the `removed` table (tombstones). conftest.downgrade turns today's files into older versions."""
+the `removed` table (tombstones), 4 the search expansion's `neighbours` and `augmented`. conftest.downgrade turns today's files into older versions."""
 
 import sqlite3
 
@@ -25,7 +25,9 @@ V2 = {"tables": {**V1["tables"], "images": V1["tables"]["images"] + ["phash"]}, 
 V3 = {"tables": {**V2["tables"], "removed": ["hash", "bytes", "width", "height", "phash", "vector", "root", "path",
                                              "removed_at"]},
       "indexes": V2["indexes"] + ["removed_hash"]}
-SCHEMAS = {1: V1, 2: V2, 3: V3}
+V4 = {"tables": {**V3["tables"], "neighbours": ["id", "nb", "sim"], "augmented": ["id", "vector"]},
+      "indexes": sorted(V3["indexes"] + ["neighbours_id", "neighbours_nb"])}
+SCHEMAS = {1: V1, 2: V2, 3: V3, 4: V4}
 QUERY_FILES = sorted(QUERIES.glob("*.png"))
 
 
@@ -78,7 +80,7 @@ def copy_database(src, dst):
 
 
 def answers(index_dir, model) -> list:
-    with Searcher(index_dir, model) as searcher:
+    with Searcher(index_dir, model, expansion="none") as searcher:
         return [[(h.rank, h.row.full_path, h.row.label, round(h.score, 5)) for h in result.hits]
                 for result in searcher.search(QUERY_FILES, k=5)]
 

@@ -12,6 +12,8 @@ from ..errors import InputError
 from ..imaging.decode import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
 from ..index import MANIFEST, ImageIndex, planner
 from ..index.directory import ChunkWriter
+from ..index.expansion import DEFAULT as DEFAULT_EXPANSION
+from ..index.expansion import NONE, Expansion
 from ..index.store import NewImage, Skipped
 from .models import _own_model, load_model
 
@@ -66,6 +68,7 @@ class IndexOptions:
     publish_every_s: float = 60.0  # re-publish the FAISS file for concurrent readers
     index_type: str | None = None  # None keeps the index's own (auto for a new index)
     target_recall: float | None = None  # None keeps the index's own (0.95 for a new index)
+    expand: bool | None = None  # search expansion on or off; None keeps the index's own (on for a new index)
     wait: bool = False  # for another writer, instead of IndexLockedError
     precision: str = "auto"
     runtime: str = "auto"
@@ -88,7 +91,8 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "Embedder | N
     decode that takes longer than ``decode_timeout`` seconds is abandoned and the file skipped.
     Only one process writes to an index at a time: :class:`IndexLockedError` names the holder,
     unless ``wait``. ``index_type`` (auto|flat|hnsw|ivfpq|ondisk or a FAISS factory string)
-    changes the index's type. An approximate index measures its Recall@10 on its own vectors
+    changes the index's type; ``expand`` turns search expansion on or off
+    (:mod:`imgembed.index.expansion`). An approximate index measures its Recall@10 on its own vectors
     and tunes its search parameters to ``target_recall`` (:mod:`imgembed.index.recall`).
 
     Without ``model``, an existing index embeds with the model that built it (under ``runtime``
@@ -119,7 +123,8 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "Embedder | N
     report = IndexReport(index=str(index_dir), root=str(root))
     identity, source = (model.identity, model.source) if model is not None else (None, None)
     with ImageIndex.open_for_write(index_dir, identity, source, options.index_type, wait=options.wait,
-                                   target_recall=options.target_recall) as idx:
+                                   target_recall=options.target_recall,
+                                   expansion=expansion_choice(options.expand)) as idx:
         store = idx.store
         plan = planner.plan(str(root), planner.scan(root), store.rows_under(str(root)),
                             {s.path: s for s in store.skipped(str(root))}, prune=options.prune,
@@ -149,6 +154,12 @@ def index_folder(folder: str | Path, index_dir: str | Path, model: "Embedder | N
     report.skipped.sort()
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def expansion_choice(expand: bool | None) -> Expansion | None:
+    """The :class:`Expansion` an index writer is asked for: on (today's defaults), off, or None
+    to keep the index's own."""
+    return None if expand is None else (DEFAULT_EXPANSION if expand else NONE)
 
 
 def _apply_without_embedding(idx: ImageIndex, root: str, plan: planner.Plan, report: IndexReport) -> None:

@@ -68,17 +68,31 @@ def check_index(index_dir: str | Path, *, repair: bool = False, wait: bool = Fal
 
 
 def rebuild_index(index_dir: str | Path, index_type: str | None = None, *, target_recall: float | None = None,
-                  wait: bool = False) -> dict:
+                  expand: bool | None = None, wait: bool = False) -> dict:
     """Rebuild the FAISS file from the stored vectors, optionally as another index type (an
-    approximate one tuned to ``target_recall``, see :mod:`imgembed.index.recall`).
+    approximate one tuned to ``target_recall``, see :mod:`imgembed.index.recall`), and the
+    search expansion turned on or off (``expand``; None keeps the index's own; the neighbour
+    lists it keeps are brought up to date, not made again).
 
-    Returns the new ``manifest["faiss"]`` entry, with the ``recall`` check where there is one.
-    Needs no model.
+    Returns the new ``manifest["faiss"]`` entry, with the ``recall`` check where there is one
+    and the ``expansion``. Needs no model.
     """
-    with ImageIndex.open_for_write(index_dir, None, wait=wait, target_recall=target_recall) as idx:
+    from .indexing import expansion_choice
+
+    with ImageIndex.open_for_write(index_dir, None, wait=wait, target_recall=target_recall,
+                                   expansion=expansion_choice(expand)) as idx:
         idx.rebuild(index_type)
         idx.save()
-        return {**idx.manifest["faiss"], "recall": idx.manifest.get("recall")}
+        return {**idx.manifest["faiss"], "recall": idx.manifest.get("recall"),
+                "expansion": idx.manifest.get("expansion")}
+
+
+def expansion_info(idx: ImageIndex) -> dict:
+    """The index's search expansion and how far its neighbour lists are from its images."""
+    e = idx.expansion
+    done, stale = idx.store.expansion_state() if e.k else (0, 0)
+    return {**e.to_dict(), "describe": e.describe(), "lists": done, "missing": len(idx) - done if e.k else 0,
+            "stale": stale}
 
 
 def index_info(index_dir: str | Path) -> dict:
@@ -92,6 +106,7 @@ def index_info(index_dir: str | Path) -> dict:
             "labels": {(k if k is not None else ""): v for k, v in labels.items()},
             "skipped": [{"path": s.full_path, "reason": s.reason} for s in idx.store.skipped()],
             "tombstones": idx.store.tombstones(),
+            "expansion": expansion_info(idx),
             "size_bytes": sum(f.stat().st_size for f in Path(index_dir).iterdir() if f.is_file()),
             "problem": idx.problem,
         }

@@ -11,10 +11,12 @@ import numpy as np
 from PIL import Image
 
 from ..collection import knn
-from ..config import CLASSIFY_K, SEARCH_K
+from ..config import CLASSIFY_K, EXPANSIONS, SEARCH_K
 from ..errors import InputError, ModelMismatchError, NoLabelsError
 from ..imaging.decode import DEFAULT_MAX_PIXELS
 from ..index import Hit, ImageIndex, describe_mismatch, read_manifest
+from ..index.expansion import DEFAULT as DEFAULT_EXPANSION
+from ..index.expansion import NONE, Expansion
 from .models import Query, _own_model, embed
 
 if TYPE_CHECKING:
@@ -28,7 +30,8 @@ class QueryResult:
 
     def to_dict(self) -> dict:
         return {"query": self.query, "results": [
-            {"rank": h.rank, "path": h.row.full_path, "score": round(h.score, 6), "label": h.row.label}
+            {"rank": h.rank, "path": h.row.full_path, "score": round(h.score, 6), "cosine": round(h.cosine, 6),
+             "label": h.row.label}
             for h in self.hits]}
 
 
@@ -55,10 +58,20 @@ class Searcher:
     Several index directories (one per disk, per year, per shard of a collection too large for
     one) are searched as one: every index must have been built by the same model, and each
     query's hits from all of them are merged by score.
+
+    ``expansion`` says how :meth:`search` ranks (classify always votes with the raw vectors):
+    ``index``, as each index's manifest says (:mod:`imgembed.index.expansion`: new indexes
+    augment their vectors with their neighbours' and expand each query with its best hits;
+    older ones rank by the raw vectors); ``none``, by the raw vectors; ``dba``, by the augmented
+    vectors without expanding the query; ``dba+aqe``, augmented vectors and expanded queries.
     """
 
     def __init__(self, index_dir: str | Path | Sequence[str | Path], model: "Embedder | None" = None,
-                 *, max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto", runtime: str = "auto"):
+                 *, max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto", runtime: str = "auto",
+                 expansion: str = "index"):
+        if expansion not in EXPANSIONS:
+            raise InputError(f"unknown search expansion {expansion!r} (expected one of {', '.join(EXPANSIONS)})")
+        self.expansion = expansion
         dirs = [Path(index_dir)] if isinstance(index_dir, (str, Path)) else [Path(d) for d in index_dir]
         if not dirs:
             raise InputError("no index to search")
@@ -101,14 +114,28 @@ class Searcher:
     def embed(self, queries: Sequence[Query]) -> np.ndarray:
         return embed(self.model, queries, max_pixels=self.max_pixels)
 
-    def search_vectors(self, vectors: np.ndarray, k: int = SEARCH_K) -> list[list[Hit]]:
+    def expansion_of(self, idx: ImageIndex) -> Expansion:
+        """How :meth:`search` ranks in ``idx`` (see the class)."""
+        own = idx.expansion
+        if self.expansion == "none":
+            return NONE
+        if self.expansion == "dba":
+            return replace(own, m=0)
+        if self.expansion == "dba+aqe":
+            return replace(own, m=own.m or DEFAULT_EXPANSION.m)
+        return own
+
+    def search_vectors(self, vectors: np.ndarray, k: int = SEARCH_K, *, expand: bool = True) -> list[list[Hit]]:
         """Each query vector's ``k`` best hits over every index, best first (``Hit.source`` says
-        which index holds each). An image indexed in two of them (the same absolute path) is
-        listed once."""
+        which index holds each), ranked as :attr:`expansion` says (by the raw vectors without
+        ``expand``). An image indexed in two of them (the same absolute path) is listed once."""
+        def one(idx: ImageIndex) -> list[list[Hit]]:
+            return idx.search(vectors, k, expansion=self.expansion_of(idx) if expand else None)
+
         if len(self.indexes) == 1:
-            return self.indexes[0].search(vectors, k)
+            return one(self.indexes[0])
         merged = []
-        for per_index in zip(*(idx.search(vectors, k) for idx in self.indexes)):
+        for per_index in zip(*(one(idx) for idx in self.indexes)):
             hits = sorted(((source, h) for source, hits in enumerate(per_index) for h in hits),
                           key=lambda sh: -sh[1].score)
             seen, best = set(), []
@@ -130,7 +157,9 @@ class Searcher:
         """The ``k`` best hits for one query combined from examples and counter-examples
         (:func:`knn.combine`): images, or vectors already embedded (``vectors``,
         ``negative_vectors``). The examples themselves are left out of the hits: paths among the
-        queries, and ``exclude`` as ``(index, row id)`` pairs."""
+        queries, and ``exclude`` as ``(index, row id)`` pairs. Ranked by the combined query's
+        cosine, as :func:`knn.combine` documents, unless there is one example and no counter-example:
+        that is a plain search, ranked as :meth:`search` ranks."""
         pos = [self.embed(positives)] if positives else []
         neg = [self.embed(negatives)] if negatives else []
         pos += [vectors] if vectors is not None and len(vectors) else []
@@ -141,7 +170,8 @@ class Searcher:
         paths = {os.path.abspath(q) for q in [*positives, *negatives] if not isinstance(q, Image.Image)}
         skip = set(exclude)
         wanted = k + len(paths) + len(skip)
-        hits = [h for h in self.search_vectors(query[None], wanted)[0]
+        plain = sum(len(p) for p in pos) == 1 and not neg
+        hits = [h for h in self.search_vectors(query[None], wanted, expand=plain)[0]
                 if h.row.full_path not in paths and (h.source, h.row.id) not in skip][:k]
         return [replace(h, rank=rank) for rank, h in enumerate(hits, 1)]
 
@@ -163,7 +193,7 @@ class Searcher:
             raise NoLabelsError(f"{self.index.directory}: the index has no labels (all images sit at "
                                 "the folder root); put images in one sub-folder per class and re-index")
         out = []
-        for q, hits in zip(queries, self.search_vectors(self.embed(queries), k)):
+        for q, hits in zip(queries, self.search_vectors(self.embed(queries), k, expand=False)):
             v = knn.vote([h.row.label for h in hits], [h.score for h in hits])
             out.append(Classification(_name(q), v, hits))
         return out

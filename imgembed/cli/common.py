@@ -114,13 +114,13 @@ def load_model(name: str, weights: str, precision: str, index_dir: str | None = 
 
 
 def searcher(index_dirs: tuple[str, ...], model_name: str | None, weights: str, precision: str, runtime: str,
-             max_pixels: int | None):
+             max_pixels: int | None, expansion: str = "index"):
     """The indexes' own model, or ``--model`` checked against them."""
     from ..api import Searcher
 
     model = load_model(model_name, weights, precision, index_dirs[0], runtime) if model_name else None
     found = Searcher(list(index_dirs), model, max_pixels=pixel_limit(max_pixels), precision=precision,
-                     runtime=runtime)
+                     runtime=runtime, expansion=expansion)
     for idx in found.indexes:
         warn_problem(idx.problem, str(idx.directory))
     return found

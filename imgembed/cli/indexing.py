@@ -25,6 +25,11 @@ from .common import (
 )
 
 INDEX_TYPES = "auto|flat|hnsw|ivfpq|ondisk[:CODE]|FACTORY"
+expand_option = click.option(
+    "--expand/--no-expand", default=None,
+    help="Search expansion: searches also weigh each image's nearest neighbours and expand the query with its "
+         "best hits (better at finding a whole category; docs/quality.md) [default: the index's own; on for a "
+         "new index].")
 
 
 @click.command()
@@ -42,6 +47,7 @@ INDEX_TYPES = "auto|flat|hnsw|ivfpq|ondisk[:CODE]|FACTORY"
 @click.option("--index-type", default=None, metavar=INDEX_TYPES,
               help="FAISS index type [default: the index's own; auto for a new index].")
 @target_recall_option
+@expand_option
 @click.option("--engine", type=click.Choice(EXECUTORS), default=EXECUTORS[0], show_default=True,
               help="Where decoding and the model run: this process, or a Ray cluster (pip install 'imgembed[ray]').")
 @click.option("--ray-address", metavar="ADDRESS", default=None,
@@ -56,8 +62,8 @@ INDEX_TYPES = "auto|flat|hnsw|ivfpq|ondisk[:CODE]|FACTORY"
 @json_option
 @quiet_option()
 def index(folder, index_dir, model_name, weights, precision, runtime, batch_size, workers, max_pixels, no_prune,
-          allow_removal, index_type, target_recall, engine, ray_address, ray_actors, commit_every, decode_timeout, wait,
-          as_json, quiet):
+          allow_removal, index_type, target_recall, expand, engine, ray_address, ray_actors, commit_every,
+          decode_timeout, wait, as_json, quiet):
     """Embed the images under FOLDER into the index (sub-folder names become labels).
 
     Re-running is cheap: unchanged files are not read again, changed ones are re-embedded,
@@ -73,8 +79,8 @@ def index(folder, index_dir, model_name, weights, precision, runtime, batch_size
     executor.check()  # before a model is loaded for it
     options = IndexOptions(batch_size=batch_size, max_pixels=pixel_limit(max_pixels), decode_timeout=decode_timeout,
                            prune=not no_prune, allow_removal=allow_removal, commit_every=commit_every,
-                           index_type=index_type, target_recall=target_recall, wait=wait, precision=precision,
-                           runtime=runtime)
+                           index_type=index_type, target_recall=target_recall, expand=expand, wait=wait,
+                           precision=precision, runtime=runtime)
 
     # Without --model or --weights an existing index keeps its own model, loaded only if
     # something needs embedding (an unchanged folder never imports torch); a new one gets the
@@ -138,6 +144,13 @@ def info(index_dir, as_json):
     click.echo(f"vectors:  {f.get('index_type', 'flat')}: FAISS {f['factory']}"
                + (f" ({f['params']})" if f.get("params") else ""))
     click.echo(f"recall:   {recall_line(m['recall']) if m.get('recall') else 'exact search (every vector compared)'}")
+    e = data["expansion"]
+    click.echo(f"search:   {e['describe']}" + (f"; neighbour lists of {e['lists']} images"
+                                                  + (f", {e['missing']} to make" if e["missing"] else "")
+                                                  + (f", {e['stale']} naming removed images" if e["stale"] else "")
+                                                  + (" (the next index run or rebuild makes them)"
+                                                     if e["missing"] or e["stale"] else "")
+                                                  if e["dba_k"] else ""))
     click.echo(f"roots:    {', '.join(m.get('roots', [])) or '-'}")
     click.echo(f"updated:  {m.get('updated_at', '-')}")
     click.echo(f"images:   {data['images']}")
@@ -157,14 +170,16 @@ def info(index_dir, as_json):
 @click.option("--index-type", default=None, metavar=INDEX_TYPES,
               help="Rebuild as this type [default: the index's own].")
 @target_recall_option
+@expand_option
 @wait_option
 @json_option
-def rebuild(index_dir, index_type, target_recall, wait, as_json):
+def rebuild(index_dir, index_type, target_recall, expand, wait, as_json):
     """Rebuild the FAISS file from the vectors stored in the index (no images are read)."""
     from ..api import rebuild_index
+    from ..index.expansion import Expansion
 
     started = time.perf_counter()
-    spec = rebuild_index(index_dir, index_type, target_recall=target_recall, wait=wait)
+    spec = rebuild_index(index_dir, index_type, target_recall=target_recall, expand=expand, wait=wait)
     if as_json:
         emit_json(spec)
         return
@@ -172,6 +187,7 @@ def rebuild(index_dir, index_type, target_recall, wait, as_json):
                + (f" ({spec['params']})" if spec["params"] else "") + f" in {time.perf_counter() - started:.1f} s")
     if spec.get("recall"):
         click.echo(f"  {recall_line(spec['recall'])}")
+    click.echo(f"  search: {Expansion.from_dict(spec['expansion']).describe()}")
 
 
 @click.command()

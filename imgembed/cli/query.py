@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import CLASSIFY_K, DEFAULT_MODEL, NEGATIVE_WEIGHT, SEARCH_K
+from ..config import CLASSIFY_K, DEFAULT_MODEL, EXPANSIONS, NEGATIVE_WEIGHT, SEARCH_K
 from .common import (
     emit_json,
     gallery,
@@ -32,16 +32,19 @@ from .common import (
 @click.option("--combine", is_flag=True, help="Search once for what all QUERY images share (implied by --not).")
 @click.option("--not-weight", type=click.FloatRange(0, 2), default=NEGATIVE_WEIGHT, show_default=True,
               help="How strongly counter-examples push results away.")
+@click.option("--expansion", type=click.Choice(EXPANSIONS), default="index", show_default=True,
+              help="How results rank: as the index says (`imgembed info`), by the raw vectors (none), by vectors "
+                   "augmented with their neighbours (dba), or also expanding each query with its best hits (dba+aqe).")
 @html_options
 @json_option
-def search(queries, index_dirs, k, negatives, combine, not_weight, model_name, weights, precision, runtime,
+def search(queries, index_dirs, k, negatives, combine, not_weight, expansion, model_name, weights, precision, runtime,
            max_pixels, html_file, open_page, as_json):
     """Find the indexed images most similar to each QUERY image; with --not or --combine, the
     images most similar to all QUERY images together and least to the --not ones (the examples
     themselves are left out)."""
     from ..api import QueryResult
 
-    with searcher(index_dirs, model_name, weights, precision, runtime, max_pixels) as s:
+    with searcher(index_dirs, model_name, weights, precision, runtime, max_pixels, expansion) as s:
         if negatives or combine:
             name = " + ".join(queries) + "".join(f" - {n}" for n in negatives)
             results = [QueryResult(name, s.search_combined(list(queries), list(negatives), k, weight=not_weight))]

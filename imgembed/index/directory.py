@@ -19,6 +19,9 @@ import numpy as np
 from .. import __version__
 from ..errors import IndexCorruptError, IndexNotFoundError
 from . import backends, recall, vectors
+from .expansion import DEFAULT as DEFAULT_EXPANSION
+from .expansion import SHORTLIST, Expansion, augment, expand
+from .expansion import scores as scores_of
 from .lock import WriterLock, writer_active
 from .manifest import DATABASE, FAISS_FILE, MANIFEST, check_model, new, now, read_manifest, spec_of, write_json_atomic
 from .store import ImageRow, MetadataStore, NewImage, Skipped, id_summary
@@ -27,9 +30,15 @@ from .store import ImageRow, MetadataStore, NewImage, Skipped, id_summary
 @dataclass(frozen=True)
 class Hit:
     rank: int
-    score: float
+    score: float  # what ranks: the cosine with the query, or the expanded ranking's score
     row: ImageRow
     source: int = 0  # which of several indexes searched as one holds it (api.Searcher)
+    raw: float | None = None  # the cosine with the query, where ``score`` is an expanded ranking's
+
+    @property
+    def cosine(self) -> float:
+        """The cosine similarity of the image's embedding with the query's (1: identical)."""
+        return self.score if self.raw is None else self.raw
 
 
 class ImageIndex:
@@ -94,14 +103,17 @@ class ImageIndex:
     @classmethod
     def open_for_write(cls, directory: str | Path, model_identity: dict | None, model_source: dict | None = None,
                        index_type: str | None = None, *, wait: bool = False,
-                       target_recall: float | None = None) -> "ImageIndex":
+                       target_recall: float | None = None,
+                       expansion: Expansion | None = None) -> "ImageIndex":
         """Open or create, holding the writer lock (:class:`IndexLockedError` if another process
         holds it, unless ``wait``). A missing or out-of-step FAISS file is rebuilt from SQLite.
 
         ``index_type`` (see :mod:`imgembed.index.vectors`) applies from the next :meth:`save`;
         None keeps the index's own (``auto`` for a new one). So does ``target_recall``, the
         Recall@10 an approximate index is tuned to reach (see :mod:`imgembed.index.recall`; None
-        keeps the index's own, 0.95 for a new one).
+        keeps the index's own, 0.95 for a new one). So does ``expansion``, how searches rank
+        (:meth:`set_expansion`; None keeps the index's own: :data:`~.expansion.DEFAULT` for a new
+        one, none for a new ``ondisk`` one).
         """
         directory = Path(directory)
         if model_identity is None and not (directory / MANIFEST).exists():
@@ -116,6 +128,8 @@ class ImageIndex:
         if target_recall is not None and target_recall != index.target_recall:
             index.manifest["target_recall"] = target_recall
             index.manifest.pop("recall", None)  # measured for another target: measure again
+        if expansion is not None:
+            index.set_expansion(expansion)
         return index
 
     @property
@@ -142,6 +156,8 @@ class ImageIndex:
             directory.mkdir(parents=True, exist_ok=True)
             spec = vectors.choose(index_type or "auto", 0, int(model_identity["dim"]))
             manifest = new(model_identity, model_source, spec)
+            if not spec.index_type.startswith("ondisk"):  # beyond RAM, lists would cost a search an image
+                manifest["expansion"] = DEFAULT_EXPANSION.to_dict()
             store = MetadataStore(directory / DATABASE, create=True)
         try:
             try:
@@ -182,18 +198,56 @@ class ImageIndex:
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    @property
+    def expansion(self) -> Expansion:
+        """How :meth:`search` ranks with ``expand``: the manifest's choice (none for indexes
+        made before there was one)."""
+        return Expansion.from_dict(self.manifest.get("expansion"))
+
+    def search(self, queries: np.ndarray, k: int, *,
+               expansion: Expansion | None = None) -> list[list[Hit]]:
         """For each row of ``queries`` (q, dim), up to ``k`` hits, best first.
 
         An ``ondisk`` index stores 8-bit codes, whose scores are approximate: its best
         candidates are re-scored exactly with the vectors stored in SQLite, so ranks and scores
         are those of the real vectors (:class:`~imgembed.index.backends.OndiskVectors`).
+        With an active ``expansion`` (usually :attr:`expansion`, the index's own), it ranks the
+        raw search's best :data:`~.expansion.SHORTLIST` candidates (:mod:`.expansion`) and scores
+        are its scores; without, the raw vectors rank.
         """
+        if expansion is not None and expansion.active and len(self):
+            return [self._expanded(q, k, expansion) for q in np.asarray(queries, np.float32)]
         scores, ids = self.vectors.search(queries, k + self.vectors.stale, self.store)  # stale ids are skipped
         rows = self.store.rows_by_id(i for i in ids.ravel() if i >= 0)
         return [[Hit(rank, float(s), rows[int(i)]) for rank, (s, i) in enumerate(
                     [(s, i) for s, i in zip(srow, irow) if i >= 0 and int(i) in rows][:k], start=1)]
                 for srow, irow in zip(scores, ids)]
+
+    def _shortlist(self, query: np.ndarray, depth: int, augmented: bool) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """The raw search's best ``depth`` live ids for one query, their stored vectors and their
+        augmented ones (the stored vector where an image has none yet, or without ``augmented``)."""
+        _, ids = self.vectors.search(query[None], depth + self.vectors.stale, self.store)
+        found = [int(i) for i in ids[0] if i >= 0]
+        raw = self.store.vectors_by_id(found)
+        found = [i for i in found if i in raw][:depth]
+        aug = self.store.augmented_by_id(found) if augmented else {}
+        return found, np.stack([raw[i] for i in found]), np.stack([aug.get(i, raw[i]) for i in found])
+
+    def _expanded(self, query: np.ndarray, k: int, e: Expansion) -> list[Hit]:
+        depth = max(SHORTLIST, k)
+        augmented = e.k > 0 and self.expansion.k > 0  # the lists are the index's own
+        ids, raw, aug = self._shortlist(query, depth, augmented)
+        scores = scores_of(raw @ query, query, aug, e.mix)
+        if e.m:
+            top = np.argsort(-scores, kind="stable")[:e.m]
+            expanded = expand(query[None], aug[top][None], scores[top][None], e.beta)[0]
+            ids, raw, aug = self._shortlist(expanded, depth, augmented)
+            scores = scores_of(raw @ query, expanded, aug, e.mix)
+        order = np.argsort(-scores, kind="stable")[:k]
+        rows = self.store.rows_by_id(ids[i] for i in order)
+        cosines = raw @ query
+        return [Hit(rank, float(scores[i]), rows[ids[i]], raw=float(cosines[i]))
+                for rank, i in enumerate(order, start=1) if ids[i] in rows]
 
     # -- writing -------------------------------------------------------------------------
 
@@ -241,6 +295,7 @@ class ImageIndex:
             self.rebuild()
         self.vectors = self.vectors.publish(self.path, spec_of(self.manifest).params)
         self._check_recall()
+        self.refresh_expansion()
         labels = self.store.labels()
         self.manifest.update({
             "updated_at": now(), "imgembed_version": __version__,
@@ -249,6 +304,76 @@ class ImageIndex:
             "roots": self.store.roots(),
         })
         write_json_atomic(self.directory / MANIFEST, self.manifest)
+
+    def set_expansion(self, wanted: Expansion) -> None:
+        """Search with ``wanted`` from the next :meth:`save` on (:data:`~.expansion.NONE`: raw).
+        Stored neighbour lists and augmented vectors are kept while the augmentation (``k``,
+        ``alpha``) stays the same, and forgotten otherwise."""
+        current = self.expansion
+        if (wanted.k, wanted.alpha) != (current.k, current.alpha):
+            self.store.clear_expansion()
+        if wanted.active:
+            self.manifest["expansion"] = wanted.to_dict()
+        else:
+            self.manifest.pop("expansion", None)
+
+    def refresh_expansion(self, progress=None) -> int:
+        """Bring the neighbour lists and augmented vectors up to date with the images, for an
+        index whose expansion augments (``k`` > 0): images without them get them, and so do
+        images a new image now counts among the nearest ``k`` of, or whose list names an image
+        that is gone. Cost: one search of depth ``4 k`` per new image and one of ``k + 1`` per
+        list made, whatever the size of the index. Returns how many lists were made."""
+        e = self.expansion
+        if not e.k or not len(self):
+            return 0
+        fresh, stale = self.store.expansion_todo()
+        todo = set(fresh) | set(stale) | self._lists_entered(fresh, e.k)
+        todo = sorted(todo)
+        for start in range(0, len(todo), 1024):
+            chunk = todo[start:start + 1024]
+            stored = self.store.vectors_by_id(chunk)
+            chunk = [i for i in chunk if i in stored]
+            x = np.stack([stored[i] for i in chunk])
+            sims, ids = self.vectors.search(x, e.k + 1, self.store)
+            lists = [[(int(j), float(c)) for c, j in zip(srow, irow) if j >= 0 and int(j) != i][:e.k]
+                     for i, srow, irow in zip(chunk, sims, ids)]
+            theirs = self.store.vectors_by_id({j for nb in lists for j, _ in nb})
+            lists = [[(j, c) for j, c in nb if j in theirs] for nb in lists]
+            nbv = np.zeros((len(chunk), e.k, self.dim), np.float32)
+            nbs = np.full((len(chunk), e.k), -np.inf, np.float32)
+            for row, nb in enumerate(lists):
+                for col, (j, c) in enumerate(nb):
+                    nbv[row, col], nbs[row, col] = theirs[j], c
+            aug = augment(x, nbv, nbs, e.alpha)
+            self.store.set_expansion((i, [j for j, _ in nb], [c for _, c in nb], v)
+                                     for i, nb, v in zip(chunk, lists, aug))
+            if progress:
+                progress(min(start + 1024, len(todo)), len(todo))
+        return len(todo)
+
+    def _lists_entered(self, fresh: list[int], k: int) -> set[int]:
+        """Images, other than ``fresh``, whose nearest ``k`` a fresh image now belongs among.
+
+        An exact index compares every stored vector with the fresh ones (what searching them
+        costs it anyway), so its lists come out as a fresh index's; an approximate one looks
+        among each fresh image's nearest ``4 k``, which may miss the list of an image that
+        many others crowd closer to it."""
+        if not fresh or len(fresh) == len(self):
+            return set()
+        stored = self.store.vectors_by_id(fresh)
+        new = np.stack([stored[i] for i in fresh])
+        fresh_set, near = set(fresh), {}
+        if recall.tunable(spec_of(self.manifest).factory):
+            sims, ids = self.vectors.search(new, 4 * k + 1, self.store)
+            for c, i in zip(sims.ravel(), ids.ravel()):
+                if i >= 0 and int(i) not in fresh_set:
+                    near[int(i)] = max(near.get(int(i), -np.inf), float(c))
+        else:
+            for ids, x in self.store.iter_vectors():
+                best = (x @ new.T).max(1)
+                near.update((int(i), float(c)) for i, c in zip(ids, best) if int(i) not in fresh_set)
+        floor = self.store.neighbour_floor(near)
+        return {i for i, c in near.items() if i in floor and (floor[i][0] < k or c > floor[i][1])}
 
     def _check_recall(self) -> None:
         """Measure an approximate index's Recall@10 on its own vectors and tune its search

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -75,6 +75,20 @@ _TOMBSTONES = (
 )
 
 
+# Search expansion (index/expansion.py): each image's nearest other images, and its vector
+# augmented with theirs, derived from the vectors above and brought up to date by the writer.
+_EXPANSION = (
+    """CREATE TABLE IF NOT EXISTS neighbours (
+    id INTEGER NOT NULL,         -- an image
+    nb INTEGER NOT NULL,         -- one of its nearest other images
+    sim REAL NOT NULL            -- their cosine
+)""",
+    "CREATE INDEX IF NOT EXISTS neighbours_id ON neighbours (id)",
+    "CREATE INDEX IF NOT EXISTS neighbours_nb ON neighbours (nb)",
+    "CREATE TABLE IF NOT EXISTS augmented (id INTEGER PRIMARY KEY, vector BLOB NOT NULL)",
+)
+
+
 def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
     return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))
 
@@ -96,8 +110,15 @@ def _migrate_to_3(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _migrate_to_4(db: sqlite3.Connection) -> None:
+    """Search expansion: the ``neighbours`` and ``augmented`` tables, empty until an index with
+    an expansion in its manifest is saved."""
+    for statement in _EXPANSION:
+        db.execute(statement)
+
+
 # _STEPS[k - 1] takes a database of version k to version k + 1; append, never edit or reorder.
-_STEPS = (_migrate_to_2, _migrate_to_3)
+_STEPS = (_migrate_to_2, _migrate_to_3, _migrate_to_4)
 SCHEMA_VERSION = 1 + len(_STEPS)
 TOMBSTONE_DAYS = 30
 
@@ -284,6 +305,7 @@ class MetadataStore:
         self.has_phash = _has_column(self.db, "images", "phash")
         self._row_cols = _ROW_COLS + (", phash" if self.has_phash else "")
         self.has_tombstones = _has_table(self.db, "removed")
+        self.has_expansion = _has_table(self.db, "augmented")
 
     @_serialised
     def upgrade(self, target: int = SCHEMA_VERSION) -> int:
@@ -351,6 +373,76 @@ class MetadataStore:
     def vectors_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """The stored (d,) float32 vectors of ``ids`` that exist."""
         return {r[0]: np.frombuffer(r[1], dtype="<f4").astype(np.float32) for r in self._by_id("id, vector", ids)}
+
+    @_serialised
+    def augmented_by_id(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The augmented (d,) float32 vectors of ``ids`` that have one (search expansion)."""
+        if not self.has_expansion:
+            return {}
+        ids, out = [int(i) for i in ids], {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            q = f"SELECT id, vector FROM augmented WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update((r[0], np.frombuffer(r[1], dtype="<f4").astype(np.float32)) for r in self.db.execute(q, chunk))
+        return out
+
+    @_serialised
+    def expansion_state(self) -> tuple[int, int]:
+        """(live images with an augmented vector, live images whose neighbour list names an image
+        that is gone): what :meth:`expansion_todo` would bring up to date."""
+        if not self.has_expansion:
+            return 0, 0
+        done = self.db.execute("SELECT COUNT(*) FROM augmented WHERE id IN (SELECT id FROM images)").fetchone()[0]
+        return done, len(self._gone_neighbours())
+
+    def _gone_neighbours(self) -> list[int]:
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT id FROM neighbours WHERE nb NOT IN (SELECT id FROM images) "
+            "AND id IN (SELECT id FROM images)")]
+
+    @_serialised
+    def expansion_todo(self) -> tuple[list[int], list[int]]:
+        """(live images without an augmented vector, live images whose neighbour list names an
+        image that is gone), after forgetting the lists and vectors of images that are gone."""
+        self._writing()
+        with self.db:
+            self.db.execute("DELETE FROM neighbours WHERE id NOT IN (SELECT id FROM images)")
+            self.db.execute("DELETE FROM augmented WHERE id NOT IN (SELECT id FROM images)")
+        fresh = [r[0] for r in self.db.execute(
+            "SELECT id FROM images WHERE id NOT IN (SELECT id FROM augmented) ORDER BY id")]
+        return fresh, self._gone_neighbours()
+
+    @_serialised
+    def neighbour_floor(self, ids: Iterable[int]) -> dict[int, tuple[int, float]]:
+        """``id -> (neighbours listed, the lowest of their cosines)`` for the ``ids`` that have a list."""
+        ids, out = [int(i) for i in ids], {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out.update((r[0], (r[1], r[2])) for r in self.db.execute(
+                f"SELECT id, COUNT(*), MIN(sim) FROM neighbours WHERE id IN ({','.join('?' * len(chunk))}) "
+                "GROUP BY id", chunk))
+        return out
+
+    @_serialised
+    def set_expansion(self, entries: Iterable[tuple[int, Sequence[int], Sequence[float], np.ndarray]]) -> None:
+        """Replace, in one transaction, the neighbour list and augmented vector of each
+        ``(id, neighbour ids, their cosines, augmented vector)``."""
+        self._writing()
+        entries = list(entries)
+        with self.db:
+            self.db.executemany("DELETE FROM neighbours WHERE id = ?", [(int(e[0]),) for e in entries])
+            self.db.executemany("INSERT INTO neighbours VALUES (?, ?, ?)",
+                                [(int(i), int(n), float(c)) for i, nbs, sims, _ in entries for n, c in zip(nbs, sims)])
+            self.db.executemany("INSERT OR REPLACE INTO augmented VALUES (?, ?)",
+                                [(int(i), np.ascontiguousarray(v, dtype="<f4").tobytes()) for i, _, _, v in entries])
+
+    @_serialised
+    def clear_expansion(self) -> None:
+        """Forget every neighbour list and augmented vector (the expansion changed or was turned off)."""
+        self._writing()
+        with self.db:
+            self.db.execute("DELETE FROM neighbours")
+            self.db.execute("DELETE FROM augmented")
 
     @_serialised
     def rows_under(self, root: str) -> dict[str, ImageRow]:

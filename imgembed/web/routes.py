@@ -147,7 +147,7 @@ def classify(state: ServerState):
     try:
         if not state.labelled:
             raise NoLabelsError(f"{state.searcher.index.directory}: the index has no labels")
-        hits = state.searcher.search_vectors(vector, k)[0]
+        hits = state.searcher.search_vectors(vector, k, expand=False)[0]  # classify votes with the raw vectors
     except NoLabelsError as e:
         return error(str(e), 400)
     return jsonify(h.vote_json(knn.vote([x.row.label for x in hits], [x.score for x in hits])))
