@@ -113,9 +113,8 @@ def upload(url: str, data: bytes, filename: str = "q.png", field: str = "image")
 def test_api_search_classify_thumbnails_and_refusals(server):
     path = SAMPLES / "fish" / "dolphin.png"
     status, body = upload(server + "api/search", path.read_bytes())
-    assert status == 200 and body["results"][0]["path"] == str(path) and body["results"][0]["cosine"] > 0.999
-    assert set(body["results"][0]) == {"rank", "id", "index", "path", "label", "score", "cosine", "thumbnail", "width",
-                                           "height", "bytes"}
+    assert status == 200 and body["results"][0]["path"] == str(path) and body["results"][0]["score"] > 0.999
+    assert set(body["results"][0]) == {"rank", "id", "index", "path", "label", "score", "thumbnail", "width", "height", "bytes"}
     assert body["classification"]["label"] == "fish"
     status, body2 = upload(server + "api/classify", path.read_bytes())
     assert status == 200 and body2["label"] == "fish"
