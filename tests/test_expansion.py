@@ -10,10 +10,10 @@ import pytest
 
 from imgembed.api import IndexOptions, LocalPool, Searcher, index_folder, rebuild_index
 from imgembed.index import ImageIndex
-from imgembed.index.expansion import DEFAULT, NONE, Expansion, augment
+from imgembed.index.expansion import DEFAULT, NONE, Expansion, augment, order
 from imgembed.index.store import NewImage
 
-from conftest import SAMPLES, TOY_IDENTITY, TOY_SOURCE, copy_classes, run_cli, run_json
+from conftest import QUERIES, SAMPLES, TOY_IDENTITY, TOY_SOURCE, copy_classes, run_cli, run_json
 
 
 def toy_images(n, seed, start=0, dim=32, groups=12):
@@ -66,6 +66,15 @@ def test_augmented_vectors_are_the_weighted_sum_of_the_neighbours():
     assert np.allclose(got[0], want, atol=1e-6)
 
 
+def test_the_nearest_image_keeps_the_first_place_after_identical_ones():
+    raw = np.array([0.70, 1.0, 0.80, 0.99999, 0.75])
+    key = np.array([0.95, 0.60, 0.50, 0.65, 0.90])  # the expanded ranking alone: 0, 4, 3, 1, 2
+    positions, keys = order(raw, key)
+    assert positions.tolist() == [1, 3, 2, 0, 4]  # identical ones, the nearest other, then by key
+    assert keys.tolist() == sorted(keys.tolist(), reverse=True)
+    assert order(np.array([0.5, 0.9]), np.array([0.9, 0.1]))[0].tolist() == [1, 0]
+
+
 def test_an_index_without_an_expansion_searches_exactly_as_before(tmp_path, model):
     folder = copy_classes(tmp_path / "images", "birds", "fish", "flowers", "fruit")
     index = tmp_path / "idx"
@@ -100,6 +109,9 @@ def test_expansion_finds_more_of_the_class_and_leaves_classify_and_duplicates_al
 
     raw, raw_votes = precision("none")
     expanded, votes = precision("index")
+    queries = sorted(QUERIES.glob("*.png"))  # not indexed: the nearest image comes first either way
+    with Searcher(sample_index, model) as s, Searcher(sample_index, model, expansion="none") as r:
+        assert [x.hits[0].row.path for x in s.search(queries, 5)] == [x.hits[0].row.path for x in r.search(queries, 5)]
     assert expanded > raw + 0.02, (raw, expanded)
     assert votes == raw_votes
     raw_index = shutil.copytree(sample_index, tmp_path / "raw")
@@ -124,8 +136,7 @@ def test_turning_expansion_off_and_on_from_the_cli(tmp_path):
     hits = run_json("search", folder / "fish" / "dolphin.png", "--index", index, "-k", "3")[0]["results"]
     raw = run_json("search", folder / "fish" / "dolphin.png", "--index", index, "-k", "3", "--expansion", "none")
     assert hits[0]["path"] == raw[0]["results"][0]["path"] == str((folder / "fish" / "dolphin.png").resolve())
-    assert raw[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert hits[0]["score"] < raw[0]["results"][0]["score"]  # the expanded ranking's own score
+    assert hits[0]["score"] == raw[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)  # cosines
 
 
 def test_a_reader_searches_while_lists_are_missing_and_the_next_writer_makes_them(tmp_path):
@@ -137,7 +148,7 @@ def test_a_reader_searches_while_lists_are_missing_and_the_next_writer_makes_the
         assert idx.store.expansion_state() == (120, 0)
         q = later[0].vector
         hits = idx.search(q[None], 5, expansion=idx.expansion)[0]  # 00120 has no list yet: its own vector
-        assert len({h.row.path for h in hits}) == 5 and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert len({h.row.path for h in hits}) == 5 and hits[0].row.path == "00120.png"  # itself first
         assert [h.row.path for h in idx.search(q[None], 1)[0]] == ["00120.png"]
     info = run_json("info", "--index", tmp_path / "idx")
     assert info["expansion"]["missing"] == 30

@@ -30,8 +30,7 @@ class QueryResult:
 
     def to_dict(self) -> dict:
         return {"query": self.query, "results": [
-            {"rank": h.rank, "path": h.row.full_path, "score": round(h.score, 6), "cosine": round(h.cosine, 6),
-             "label": h.row.label}
+            {"rank": h.rank, "path": h.row.full_path, "score": round(h.score, 6), "label": h.row.label}
             for h in self.hits]}
 
 
@@ -137,7 +136,7 @@ class Searcher:
         merged = []
         for per_index in zip(*(one(idx) for idx in self.indexes)):
             hits = sorted(((source, h) for source, hits in enumerate(per_index) for h in hits),
-                          key=lambda sh: -sh[1].score)
+                          key=lambda sh: -sh[1].rank_key)
             seen, best = set(), []
             for source, h in hits:
                 if h.row.full_path not in seen and len(best) < k:

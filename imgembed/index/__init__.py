@@ -7,11 +7,12 @@
     backends.py   the FAISS index behind one interface: in RAM, or lists on disk
     vectors.py    plain functions over FAISS indexes: types, build, search, save, load
     recall.py     approximate indexes measure their Recall@10 and tune themselves
+    expansion.py  search that uses the collection: augmented vectors, query expansion (numpy)
     planner.py    what an ``index`` run must do, decided from a folder walk and the stored rows
     lock.py       one writer at a time (an fcntl lock that a killed writer never leaves behind)
 
 Imports point one way: ``directory`` uses the others, which use nothing of each other but
-``store`` and ``vectors``; nothing here imports a model.
+``store`` and ``vectors`` (``expansion`` uses nothing); nothing here imports a model.
 """
 
 from .directory import Hit, ImageIndex

@@ -18,10 +18,9 @@ import numpy as np
 
 from .. import __version__
 from ..errors import IndexCorruptError, IndexNotFoundError
-from . import backends, recall, vectors
+from . import backends, expansion, recall, vectors
 from .expansion import DEFAULT as DEFAULT_EXPANSION
-from .expansion import SHORTLIST, Expansion, augment, expand
-from .expansion import scores as scores_of
+from .expansion import Expansion
 from .lock import WriterLock, writer_active
 from .manifest import DATABASE, FAISS_FILE, MANIFEST, check_model, new, now, read_manifest, spec_of, write_json_atomic
 from .store import ImageRow, MetadataStore, NewImage, Skipped, id_summary
@@ -30,15 +29,14 @@ from .store import ImageRow, MetadataStore, NewImage, Skipped, id_summary
 @dataclass(frozen=True)
 class Hit:
     rank: int
-    score: float  # what ranks: the cosine with the query, or the expanded ranking's score
+    score: float  # the cosine similarity of the image's embedding with the query's (1: identical)
     row: ImageRow
     source: int = 0  # which of several indexes searched as one holds it (api.Searcher)
-    raw: float | None = None  # the cosine with the query, where ``score`` is an expanded ranking's
+    key: float | None = None  # what ranked it, where not the score (an expanded ranking: expansion.order)
 
     @property
-    def cosine(self) -> float:
-        """The cosine similarity of the image's embedding with the query's (1: identical)."""
-        return self.score if self.raw is None else self.raw
+    def rank_key(self) -> float:
+        return self.score if self.key is None else self.key
 
 
 class ImageIndex:
@@ -212,8 +210,8 @@ class ImageIndex:
         candidates are re-scored exactly with the vectors stored in SQLite, so ranks and scores
         are those of the real vectors (:class:`~imgembed.index.backends.OndiskVectors`).
         With an active ``expansion`` (usually :attr:`expansion`, the index's own), it ranks the
-        raw search's best :data:`~.expansion.SHORTLIST` candidates (:mod:`.expansion`) and scores
-        are its scores; without, the raw vectors rank.
+        raw search's best :data:`~.expansion.SHORTLIST` candidates (:mod:`.expansion`); scores
+        stay the cosines, and :attr:`Hit.key` holds the ranking's key.
         """
         if expansion is not None and expansion.active and len(self):
             return [self._expanded(q, k, expansion) for q in np.asarray(queries, np.float32)]
@@ -223,31 +221,11 @@ class ImageIndex:
                     [(s, i) for s, i in zip(srow, irow) if i >= 0 and int(i) in rows][:k], start=1)]
                 for srow, irow in zip(scores, ids)]
 
-    def _shortlist(self, query: np.ndarray, depth: int, augmented: bool) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """The raw search's best ``depth`` live ids for one query, their stored vectors and their
-        augmented ones (the stored vector where an image has none yet, or without ``augmented``)."""
-        _, ids = self.vectors.search(query[None], depth + self.vectors.stale, self.store)
-        found = [int(i) for i in ids[0] if i >= 0]
-        raw = self.store.vectors_by_id(found)
-        found = [i for i in found if i in raw][:depth]
-        aug = self.store.augmented_by_id(found) if augmented else {}
-        return found, np.stack([raw[i] for i in found]), np.stack([aug.get(i, raw[i]) for i in found])
-
     def _expanded(self, query: np.ndarray, k: int, e: Expansion) -> list[Hit]:
-        depth = max(SHORTLIST, k)
-        augmented = e.k > 0 and self.expansion.k > 0  # the lists are the index's own
-        ids, raw, aug = self._shortlist(query, depth, augmented)
-        scores = scores_of(raw @ query, query, aug, e.mix)
-        if e.m:
-            top = np.argsort(-scores, kind="stable")[:e.m]
-            expanded = expand(query[None], aug[top][None], scores[top][None], e.beta)[0]
-            ids, raw, aug = self._shortlist(expanded, depth, augmented)
-            scores = scores_of(raw @ query, expanded, aug, e.mix)
-        order = np.argsort(-scores, kind="stable")[:k]
-        rows = self.store.rows_by_id(ids[i] for i in order)
-        cosines = raw @ query
-        return [Hit(rank, float(scores[i]), rows[ids[i]], raw=float(cosines[i]))
-                for rank, i in enumerate(order, start=1) if ids[i] in rows]
+        found = expansion.search(self.vectors, self.store, query, k, e, augmented=self.expansion.k > 0)
+        rows = self.store.rows_by_id(i for i, _, _ in found)
+        return [Hit(rank, cosine, rows[i], key=key) for rank, (i, cosine, key) in enumerate(found, start=1)
+                if i in rows]
 
     # -- writing -------------------------------------------------------------------------
 
@@ -318,62 +296,13 @@ class ImageIndex:
             self.manifest.pop("expansion", None)
 
     def refresh_expansion(self, progress=None) -> int:
-        """Bring the neighbour lists and augmented vectors up to date with the images, for an
-        index whose expansion augments (``k`` > 0): images without them get them, and so do
-        images a new image now counts among the nearest ``k`` of, or whose list names an image
-        that is gone. Cost: one search of depth ``4 k`` per new image and one of ``k + 1`` per
-        list made, whatever the size of the index. Returns how many lists were made."""
+        """Bring the neighbour lists and augmented vectors up to date with the images
+        (:func:`expansion.refresh`); returns how many lists were made."""
         e = self.expansion
         if not e.k or not len(self):
             return 0
-        fresh, stale = self.store.expansion_todo()
-        todo = set(fresh) | set(stale) | self._lists_entered(fresh, e.k)
-        todo = sorted(todo)
-        for start in range(0, len(todo), 1024):
-            chunk = todo[start:start + 1024]
-            stored = self.store.vectors_by_id(chunk)
-            chunk = [i for i in chunk if i in stored]
-            x = np.stack([stored[i] for i in chunk])
-            sims, ids = self.vectors.search(x, e.k + 1, self.store)
-            lists = [[(int(j), float(c)) for c, j in zip(srow, irow) if j >= 0 and int(j) != i][:e.k]
-                     for i, srow, irow in zip(chunk, sims, ids)]
-            theirs = self.store.vectors_by_id({j for nb in lists for j, _ in nb})
-            lists = [[(j, c) for j, c in nb if j in theirs] for nb in lists]
-            nbv = np.zeros((len(chunk), e.k, self.dim), np.float32)
-            nbs = np.full((len(chunk), e.k), -np.inf, np.float32)
-            for row, nb in enumerate(lists):
-                for col, (j, c) in enumerate(nb):
-                    nbv[row, col], nbs[row, col] = theirs[j], c
-            aug = augment(x, nbv, nbs, e.alpha)
-            self.store.set_expansion((i, [j for j, _ in nb], [c for _, c in nb], v)
-                                     for i, nb, v in zip(chunk, lists, aug))
-            if progress:
-                progress(min(start + 1024, len(todo)), len(todo))
-        return len(todo)
-
-    def _lists_entered(self, fresh: list[int], k: int) -> set[int]:
-        """Images, other than ``fresh``, whose nearest ``k`` a fresh image now belongs among.
-
-        An exact index compares every stored vector with the fresh ones (what searching them
-        costs it anyway), so its lists come out as a fresh index's; an approximate one looks
-        among each fresh image's nearest ``4 k``, which may miss the list of an image that
-        many others crowd closer to it."""
-        if not fresh or len(fresh) == len(self):
-            return set()
-        stored = self.store.vectors_by_id(fresh)
-        new = np.stack([stored[i] for i in fresh])
-        fresh_set, near = set(fresh), {}
-        if recall.tunable(spec_of(self.manifest).factory):
-            sims, ids = self.vectors.search(new, 4 * k + 1, self.store)
-            for c, i in zip(sims.ravel(), ids.ravel()):
-                if i >= 0 and int(i) not in fresh_set:
-                    near[int(i)] = max(near.get(int(i), -np.inf), float(c))
-        else:
-            for ids, x in self.store.iter_vectors():
-                best = (x @ new.T).max(1)
-                near.update((int(i), float(c)) for i, c in zip(ids, best) if int(i) not in fresh_set)
-        floor = self.store.neighbour_floor(near)
-        return {i for i, c in near.items() if i in floor and (floor[i][0] < k or c > floor[i][1])}
+        exact = not recall.tunable(spec_of(self.manifest).factory)
+        return expansion.refresh(self.vectors, self.store, e, self.dim, exact=exact, progress=progress)
 
     def _check_recall(self) -> None:
         """Measure an approximate index's Recall@10 on its own vectors and tune its search

@@ -157,7 +157,7 @@ def describe(row: ImageRow, source: int, **extra) -> dict:
 
 
 def hit_json(h: Hit) -> dict:
-    return describe(h.row, h.source, rank=h.rank, score=round(h.score, 6), cosine=round(h.cosine, 6))
+    return describe(h.row, h.source, rank=h.rank, score=round(h.score, 6))
 
 
 def vote_json(vote: knn.Vote) -> dict:
