@@ -53,9 +53,9 @@ TUNE = ("clipart", "fashion")
 HELD_OUT = ("clipart-top", "digits", "photos", "emoji-twemoji", "emoji-openmoji", "emoji-noto", "emoji-3")
 EMOJI = {"emoji-twemoji": ["twemoji"], "emoji-openmoji": ["openmoji"], "emoji-noto": ["noto"],
          "emoji-3": ["held-out-3/fluent-flat", "held-out-3/emojione", "held-out-3/emojione-v1"]}
-GRID = [Expansion()] + [Expansion(k, 3.0, m, 0.0, mix) for k in (5, 10, 20, 30) for m in (0, 3, 5, 10)
+GRID = [Expansion()] + [Expansion(k, 3.0, m, 0.0, mix) for k in (5, 10, 20, 30) for m in (0, 5, 10, 20)
                         for mix in (0.5, 1.0)]
-QUICK = [Expansion(), Expansion(10, 3.0, mix=1.0), DEFAULT]
+QUICK = [Expansion(), Expansion(DEFAULT.k, DEFAULT.alpha, mix=DEFAULT.mix), DEFAULT]
 CHUNK = 64
 
 
@@ -125,11 +125,19 @@ def rankings(x: np.ndarray, db: np.ndarray, e: Expansion, queries: np.ndarray | 
         if e.m:
             top = np.take_along_axis(cand, np.argsort(-got, 1, kind="stable")[:, :e.m], 1)
             best = -np.sort(-got, 1)[:, :e.m]
-            cand, got = _rank(q, expand(q, db[top], best, e.beta), x, db, e, shortlist)
+            expanded = expand(q, db[top], best, e.beta)
+            more, _ = _rank(q, expanded, x, db, e, shortlist)
+            if shortlist is not None:  # both shortlists, as the product: the first holds the nearest
+                cand = np.array([np.concatenate([c, m[~np.isin(m, c)]]) for c, m in zip(cand, more)], dtype=object)
+            else:
+                cand = more
+            got = [(1 - e.mix) * (x[c.astype(np.int64)] @ qq) + e.mix * (db[c.astype(np.int64)] @ ee)
+                   for c, qq, ee in zip(cand, q, expanded)]
         for row in range(len(q)):
-            raw = x[cand[row]] @ q[row]
-            positions = order(raw, got[row])[0] if e.active else np.argsort(-raw, kind="stable")
-            out[s + row, :min(depth, len(positions))] = cand[row][positions[:depth]]
+            c = np.asarray(cand[row], np.int64)
+            raw = x[c] @ q[row]
+            positions = order(raw, np.asarray(got[row]))[0] if e.active else np.argsort(-raw, kind="stable")
+            out[s + row, :min(depth, len(positions))] = c[positions[:depth]]
     return out
 
 
@@ -239,7 +247,8 @@ def main() -> None:
         x = vectors(paths)
         row = {e.describe(): measure(x, labels, e) for e in grid}
         for s in args.shortlist + [None]:
-            row[f"{DEFAULT.describe()} / {f'shortlist {s}' if s else 'exact'}"] = measure(x, labels, DEFAULT, shortlist=s)
+            name = f"{DEFAULT.describe()} / {f'shortlist {s}' if s else 'exact'}"
+            row[name] = measure(x, labels, DEFAULT, shortlist=s)
         results["sets"][name] = {"role": "tuning" if name in TUNE else "held-out", "images": len(x), "rows": row}
         print(f"{name} ({len(x)} images): raw {row[Expansion().describe()]['map']:.3f}, default "
               f"{row[DEFAULT.describe()]['map']:.3f}", flush=True)

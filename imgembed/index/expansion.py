@@ -68,7 +68,7 @@ class Expansion:
 
 
 NONE = Expansion()
-DEFAULT = Expansion(k=5, alpha=3.0, m=5, beta=0.0)  # new indexes (bench/dba.py)
+DEFAULT = Expansion(k=20, alpha=3.0, m=10, beta=0.0, mix=1.0)  # new indexes (bench/dba.py, docs/quality.md)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -126,8 +126,9 @@ def search(vectors, store, query: np.ndarray, k: int, e: Expansion, *,
            augmented: bool = True) -> list[tuple[int, float, float]]:
     """One query's ``k`` best ``(row id, cosine, ranking key)``, ranked with ``e``: the raw
     search's best ``max(SHORTLIST, k)`` candidates scored against their augmented vectors (their
-    stored ones where they have none, or without ``augmented``), expanded and searched again
-    when ``e.m``, then put in :func:`order`."""
+    stored ones where they have none, or without ``augmented``); with ``e.m``, the query is
+    expanded and the raw search's best for the expanded query join them, all scored with it;
+    then :func:`order`."""
     depth = max(SHORTLIST, k)
     ids, raw, aug = _shortlist(vectors, store, query, depth, augmented and e.k > 0)
     if not ids:
@@ -136,7 +137,10 @@ def search(vectors, store, query: np.ndarray, k: int, e: Expansion, *,
     if e.m:
         top = np.argsort(-got, kind="stable")[:e.m]
         expanded = expand(query[None], aug[top][None], got[top][None], e.beta)[0]
-        ids, raw, aug = _shortlist(vectors, store, expanded, depth, augmented and e.k > 0)
+        more, more_raw, more_aug = _shortlist(vectors, store, expanded, depth, augmented and e.k > 0)
+        new = [n for n, i in enumerate(more) if i not in set(ids)]  # both shortlists: the first holds the nearest
+        ids = ids + [more[n] for n in new]
+        raw, aug = np.concatenate([raw, more_raw[new]]), np.concatenate([aug, more_aug[new]])
         got = scores(raw @ query, expanded, aug, e.mix)
     cosines = raw @ query
     positions, keys = order(cosines, got)
