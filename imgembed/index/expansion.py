@@ -9,14 +9,16 @@ vectors live there), which :class:`~.directory.ImageIndex` passes them.
 - aQE: the query ``q`` becomes ``normalise(q + sum_t max(s_t, 0)^beta a_t)`` over its ``m``
   best (augmented) hits ``a_t`` with scores ``s_t``, and is searched again.
 
-Only ``search`` (and the web app's searches) rank this way, and never at the top: the nearest
-image by its raw cosine keeps the first place (after the query itself, when it is indexed),
-so finding an altered copy, or the same subject drawn another way, is exactly what it was
-(:func:`order`); the expanded ranking orders the places after it. Scores stay the raw
-cosines, what ``compare`` says (1 for identical images), so a lower score may follow a higher. The raw vectors stay where they were, in FAISS and SQLite, and everything
-that must not move uses them: ``classify``, ``compare``, duplicates, the collection jobs. A
-search ranks the raw index's best :data:`SHORTLIST` candidates (the ``k`` asked for, if more) by
-their augmented vectors, so its cost does not grow with the index beyond the raw search.
+Only ``search`` (and the web app's searches) rank this way, and never at the top: the query's
+near-duplicates (itself, when it is indexed) and in any case its nearest other image by raw
+cosine keep the first places, so finding an altered copy, or the same subject drawn another
+way, is exactly what it was (:func:`order`); the expanded ranking orders the places after
+them. Scores stay the raw cosines, what ``compare`` says (1 for identical images), so a lower
+score may follow a higher. The raw vectors stay where they were, in FAISS and SQLite, and
+everything that must not move uses them: ``classify``, ``compare``, duplicates, combined
+queries, the collection jobs. A search ranks the raw index's best :data:`SHORTLIST`
+candidates (the ``k`` asked for, if more), and with query expansion those of the expanded
+query too, so its cost does not grow with the index beyond two raw searches.
 
 The defaults and the shortlist depth were chosen with bench/dba.py (docs/quality.md): held-out
 category retrieval (mAP@R, every image of a set searched, itself left out) gains ...; instance
@@ -28,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..config import DUPLICATE_THRESHOLDS
 
 SHORTLIST = 200  # raw candidates a search re-ranks by their augmented vectors
 
@@ -44,7 +48,7 @@ class Expansion:
     alpha: float = 3.0
     m: int = 0
     beta: float = 0.0
-    mix: float = 0.5
+    mix: float = 1.0
 
     @property
     def active(self) -> bool:
@@ -58,7 +62,7 @@ class Expansion:
         if not d:
             return NONE
         return cls(int(d.get("dba_k", 0)), float(d.get("dba_alpha", 3.0)), int(d.get("aqe_m", 0)),
-                   float(d.get("aqe_beta", 0.0)), float(d.get("mix", 0.5)))
+                   float(d.get("aqe_beta", 0.0)), float(d.get("mix", 1.0)))
 
     def describe(self) -> str:
         parts = [f"DBA k={self.k} alpha={self.alpha:g}"] if self.k else []
@@ -96,19 +100,18 @@ def expand(queries: np.ndarray, hits: np.ndarray, scores: np.ndarray, beta: floa
 
 
 IDENTICAL = 1 - 1e-4  # a raw cosine from which an image counts as the query itself
+NEAR = DUPLICATE_THRESHOLDS["cosine"]  # from here an image counts as a near-duplicate (bench/duplicates.py)
 
 
 def order(raw: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Candidates best first, from their raw cosines with the query and their expanded ranking
-    ``key`` (both (c,)): the nearest image by its raw cosine keeps the first place, after any
-    that are identical to the query (the query itself, when it is indexed), in their raw order;
-    the rest follow by ``key``. Returns the positions and a key to merge several indexes'
-    hits by, which puts the kept places (``2 + cosine``) above every expanded key (<= 1)."""
+    ``key`` (both (c,)): the near-duplicates of the query (raw cosine >= :data:`NEAR`; the query
+    itself, when it is indexed) and in any case the nearest image other than the query keep
+    the first places, in their raw order; the rest follow by ``key``. Returns the positions and
+    a key to merge several indexes' hits by, which puts the kept places (``2 + cosine``) above
+    every expanded key (<= 1)."""
     by_raw = np.argsort(-raw, kind="stable")
-    first = 0
-    while first < len(by_raw) - 1 and raw[by_raw[first]] >= IDENTICAL:
-        first += 1
-    kept = by_raw[:first + 1]
+    kept = by_raw[:max(int((raw >= NEAR).sum()), int((raw >= IDENTICAL).sum()) + 1)]
     merged = np.where(np.isin(np.arange(len(raw)), kept), 2.0 + raw, key)
     positions = np.argsort(-merged, kind="stable")
     return positions, merged[positions]
