@@ -73,8 +73,11 @@ def test_near_duplicates_and_the_nearest_image_keep_the_first_places():
     assert positions.tolist() == [1, 3, 2, 0, 4]  # identical ones, the nearest other, then by key
     assert keys.tolist() == sorted(keys.tolist(), reverse=True)
     assert order(np.array([0.5, 0.9]), np.array([0.9, 0.1]))[0].tolist() == [1, 0]
-    near = np.array([0.86, 0.70, 0.90, 0.60])  # two near-duplicates (>= 0.85) stay first, in raw order
-    assert order(near, np.array([0.1, 0.9, 0.2, 0.8]))[0].tolist() == [2, 0, 1, 3]
+    key = np.concatenate([[0.1, 0.9, 0.2], np.linspace(0.05, 0.0, 12)])  # the expansion favours 1
+    near = np.concatenate([[0.86, 0.70, 0.90], np.linspace(0.5, 0.6, 12)])  # the 10th other: 0.564
+    assert order(near, key)[0][:3].tolist() == [2, 0, 1]  # two near-duplicates first, in raw order
+    crowded = np.concatenate([[0.86, 0.70, 0.90], np.linspace(0.8, 0.84, 12)])  # a background of 0.81
+    assert order(crowded, key)[0][:3].tolist() == [2, 1, 0]  # 0.86 is ordinary here: only the nearest stays
 
 
 def test_an_index_without_an_expansion_searches_exactly_as_before(tmp_path, model):

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import DUPLICATE_THRESHOLDS
+from ..config import DUPLICATE_K, DUPLICATE_THRESHOLDS
+
+MIN_COSINE = 0.85  # as imgembed.collection.dedup.MIN_COSINE (the index layer does not import collection)
 
 SHORTLIST = 200  # raw candidates a search re-ranks by their augmented vectors
 
@@ -100,18 +102,22 @@ def expand(queries: np.ndarray, hits: np.ndarray, scores: np.ndarray, beta: floa
 
 
 IDENTICAL = 1 - 1e-4  # a raw cosine from which an image counts as the query itself
-NEAR = DUPLICATE_THRESHOLDS["cosine"]  # from here an image counts as a near-duplicate (bench/duplicates.py)
 
 
 def order(raw: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Candidates best first, from their raw cosines with the query and their expanded ranking
-    ``key`` (both (c,)): the near-duplicates of the query (raw cosine >= :data:`NEAR`; the query
-    itself, when it is indexed) and in any case the nearest image other than the query keep
-    the first places, in their raw order; the rest follow by ``key``. Returns the positions and
-    a key to merge several indexes' hits by, which puts the kept places (``2 + cosine``) above
-    every expanded key (<= 1)."""
+    ``key`` (both (c,)): the query's near-duplicates, as ``imgembed duplicates`` defines them
+    (cosine >= :data:`MIN_COSINE` and relative score >= its default threshold, the
+    background being the query's 10th nearest other image; the query itself, when it is
+    indexed), and in any case its nearest other image keep the first places, in their raw
+    order; the rest follow by ``key``. Returns the positions and a key to merge several
+    indexes' hits by, which puts the kept places (``2 + cosine``) above every expanded key (<= 1)."""
     by_raw = np.argsort(-raw, kind="stable")
-    kept = by_raw[:max(int((raw >= NEAR).sum()), int((raw >= IDENTICAL).sum()) + 1)]
+    identical = int((raw >= IDENTICAL).sum())
+    background = raw[by_raw[min(identical + DUPLICATE_K - 1, len(raw) - 1)]]
+    relative = (raw - background) / max(1.0 - background, 1e-6)
+    near = int(((raw >= MIN_COSINE) & (relative >= DUPLICATE_THRESHOLDS["relative"])).sum())
+    kept = by_raw[:max(near, identical + 1)]
     merged = np.where(np.isin(np.arange(len(raw)), kept), 2.0 + raw, key)
     positions = np.argsort(-merged, kind="stable")
     return positions, merged[positions]
