@@ -21,8 +21,10 @@ candidates (the ``k`` asked for, if more), and with query expansion those of the
 query too, so its cost does not grow with the index beyond two raw searches.
 
 The defaults and the shortlist depth were chosen with bench/dba.py (docs/quality.md): held-out
-category retrieval (mAP@R, every image of a set searched, itself left out) gains ...; instance
-retrieval of altered copies and the same emoji drawn in another style are measured there too.
+category retrieval (mAP@R, every image of a set searched, itself left out) rises from 0.260 to
+0.311 over nine sets, instance and other-style rank-1 stay the raw search's. Keeping the lists
+costs 1-2 ms an image in a full run and about as much as embedding per image added later;
+a query 4-8x the raw one (bench/expansion_cost.py).
 """
 
 from __future__ import annotations
