@@ -230,9 +230,12 @@ def chrome():
 
 
 def wait_for(browser, condition, timeout=60):
+    """Until ``condition(browser)`` holds; an element the page replaced while the condition read
+    it (a view rendered again when its data arrive) only means: look again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout).until(condition)
+    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def screenshot(browser, tmp_path, name):
