@@ -32,6 +32,7 @@ CLASSIFY_K = 5  # neighbours that vote on a label (classify, and evaluate's k-NN
 DUPLICATE_K = 10  # neighbours examined per image for near-duplicates (imgembed.collection.dedup)
 # near-duplicate score -> default threshold, each chosen from the curves of bench/duplicates.py
 DUPLICATE_THRESHOLDS = {"relative": 0.5, "cosine": 0.85}
+DUPLICATE_MIN_COSINE = 0.85  # the relative score's floor on the raw cosine (imgembed.collection.dedup)
 INDEX_BATCH_SIZE = 32  # images per forward pass of an index run
 COMMIT_EVERY = 256  # images per committed chunk of an index run
 DEFAULT_MAX_PIXELS = 150_000_000  # larger images are rejected as likely decompression bombs

@@ -29,14 +29,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import DUPLICATE_K, DUPLICATE_THRESHOLDS
+from ..config import DUPLICATE_K, DUPLICATE_MIN_COSINE, DUPLICATE_THRESHOLDS
 from ..imaging.decode import hash_distance
 
 DEFAULT_K = DUPLICATE_K
 SCORES = DUPLICATE_THRESHOLDS  # score -> default threshold (docs/quality.md)
 CURVE = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CANDIDATE_FLOOR = 0.5  # pairs below this cosine are not even scored
-MIN_COSINE = 0.85  # the relative score's floor on the raw cosine (see the module docstring)
+MIN_COSINE = DUPLICATE_MIN_COSINE  # the relative score's floor on the raw cosine (see the module docstring)
 HASH_DISTANCE = 4  # ... or: perceptual hashes this close (bits of 64; chosen in bench/duplicates.py)
 HASH_MIN_COSINE = 0.7  # and this cosine
 

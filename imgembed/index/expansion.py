@@ -33,9 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import DUPLICATE_K, DUPLICATE_THRESHOLDS
-
-MIN_COSINE = 0.85  # as imgembed.collection.dedup.MIN_COSINE (the index layer does not import collection)
+from ..config import DUPLICATE_K, DUPLICATE_MIN_COSINE, DUPLICATE_THRESHOLDS
 
 SHORTLIST = 200  # raw candidates a search re-ranks by their augmented vectors
 
@@ -109,8 +107,8 @@ IDENTICAL = 1 - 1e-4  # a raw cosine from which an image counts as the query its
 def order(raw: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Candidates best first, from their raw cosines with the query and their expanded ranking
     ``key`` (both (c,)): the query's near-duplicates, as ``imgembed duplicates`` defines them
-    (cosine >= :data:`MIN_COSINE` and relative score >= its default threshold, the
-    background being the query's 10th nearest other image; the query itself, when it is
+    (cosine >= ``config.DUPLICATE_MIN_COSINE`` and relative score >= its default threshold,
+    the background being the query's 10th nearest other image; the query itself, when it is
     indexed), and in any case its nearest other image keep the first places, in their raw
     order; the rest follow by ``key``. Returns the positions and a key to merge several
     indexes' hits by, which puts the kept places (``2 + cosine``) above every expanded key (<= 1)."""
@@ -118,7 +116,7 @@ def order(raw: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     identical = int((raw >= IDENTICAL).sum())
     background = raw[by_raw[min(identical + DUPLICATE_K - 1, len(raw) - 1)]]
     relative = (raw - background) / max(1.0 - background, 1e-6)
-    near = int(((raw >= MIN_COSINE) & (relative >= DUPLICATE_THRESHOLDS["relative"])).sum())
+    near = int(((raw >= DUPLICATE_MIN_COSINE) & (relative >= DUPLICATE_THRESHOLDS["relative"])).sum())
     kept = by_raw[:max(near, identical + 1)]
     merged = np.where(np.isin(np.arange(len(raw)), kept), 2.0 + raw, key)
     positions = np.argsort(-merged, kind="stable")
@@ -149,7 +147,8 @@ def search(vectors, store, query: np.ndarray, k: int, e: Expansion, *,
         top = np.argsort(-got, kind="stable")[:e.m]
         expanded = expand(query[None], aug[top][None], got[top][None], e.beta)[0]
         more, more_raw, more_aug = _shortlist(vectors, store, expanded, depth, augmented and e.k > 0)
-        new = [n for n, i in enumerate(more) if i not in set(ids)]  # both shortlists: the first holds the nearest
+        first = set(ids)
+        new = [n for n, i in enumerate(more) if i not in first]  # both shortlists: the first holds the nearest
         ids = ids + [more[n] for n in new]
         raw, aug = np.concatenate([raw, more_raw[new]]), np.concatenate([aug, more_aug[new]])
         got = scores(raw @ query, expanded, aug, e.mix)

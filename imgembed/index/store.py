@@ -358,12 +358,14 @@ class MetadataStore:
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
-    def _by_id(self, columns: str, ids: Iterable[int]) -> Iterator[tuple]:
-        """Rows of ``SELECT columns`` (the first being ``id``) for ``ids``, 500 ids a query."""
+    def _by_id(self, columns: str, ids: Iterable[int], table: str = "images") -> Iterator[tuple]:
+        """Rows of ``SELECT columns FROM table`` (the first column being ``id``) for ``ids``, 500
+        ids a query."""
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            yield from self.db.execute(f"SELECT {columns} FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            yield from self.db.execute(f"SELECT {columns} FROM {table} WHERE id IN ({','.join('?' * len(chunk))})",
+                                       chunk)
 
     @_serialised
     def rows_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
@@ -379,12 +381,8 @@ class MetadataStore:
         """The augmented (d,) float32 vectors of ``ids`` that have one (search expansion)."""
         if not self.has_expansion:
             return {}
-        ids, out = [int(i) for i in ids], {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            q = f"SELECT id, vector FROM augmented WHERE id IN ({','.join('?' * len(chunk))})"
-            out.update((r[0], np.frombuffer(r[1], dtype="<f4").astype(np.float32)) for r in self.db.execute(q, chunk))
-        return out
+        return {r[0]: np.frombuffer(r[1], dtype="<f4").astype(np.float32)
+                for r in self._by_id("id, vector", ids, "augmented")}
 
     @_serialised
     def expansion_state(self) -> tuple[int, int]:
